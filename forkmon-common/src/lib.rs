@@ -1,0 +1,195 @@
+//! Types shared by forkmon's eBPF programs and its user space.
+//!
+//! Everything here crosses the kernel/user boundary through a ring buffer or a
+//! map, so every type is `#[repr(C)]` with explicit padding and no pointers.
+#![no_std]
+
+/// Longest path the kernel accepts, NUL included (`PATH_MAX` in linux/limits.h).
+pub const PATH_MAX: usize = 4096;
+/// Length of a task's `comm`, NUL included (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Size of the ring buffer that carries records to user space. Open records
+/// are ~4 KiB each (the path is sent whole), so this holds ~4000 of them
+/// before the kernel side starts counting drops.
+pub const RING_BYTES: u32 = 16 * 1024 * 1024;
+/// Most processes a traced tree may hold at once.
+pub const MAX_TRACKED: u32 = 32 * 1024;
+/// Most threads that may be inside an open syscall at once.
+pub const MAX_PENDING: u32 = 16 * 1024;
+
+/// First field of every ring-buffer record: which record follows.
+pub mod record_kind {
+    pub const OPEN: u32 = 1;
+    pub const FORK: u32 = 2;
+    pub const EXEC: u32 = 3;
+    pub const EXIT: u32 = 4;
+}
+
+/// Which syscall an [`OpenRecord`] comes from.
+pub mod open_syscall {
+    pub const OPEN: u32 = 0;
+    pub const OPENAT: u32 = 1;
+    pub const OPENAT2: u32 = 2;
+}
+
+/// Bits of [`OpenRecord::path_state`].
+pub mod path_state {
+    /// The path did not fit in `PATH_MAX` bytes; what arrived is a prefix.
+    pub const TRUNCATED: u32 = 1;
+    /// The path could not be read from the process's memory at all.
+    pub const UNREADABLE: u32 = 2;
+}
+
+/// Indexes into the per-CPU `STATS` array of counters.
+pub mod stat {
+    /// A record was lost because the ring buffer was full.
+    pub const RING_FULL: u32 = 0;
+    /// An open could not be stashed because too many were in flight.
+    pub const PENDING_FULL: u32 = 1;
+    /// A new process could not be followed because the tracked map was full.
+    pub const TRACKED_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Names of the eBPF globals user space sets before load: byte offsets of
+/// tracepoint fields, read from tracefs `format` files because they differ
+/// between kernels (6.18's `sched_process_fork` switched to `__data_loc`
+/// comms and moved every field after them).
+pub mod global {
+    /// `task/task_newtask`: `pid` of the new task.
+    pub const NEWTASK_PID_OFFSET: &str = "NEWTASK_PID_OFFSET";
+    /// `task/task_newtask`: `clone_flags` (to tell threads from processes).
+    pub const NEWTASK_CLONE_FLAGS_OFFSET: &str = "NEWTASK_CLONE_FLAGS_OFFSET";
+    /// `sched/sched_process_exit`: `group_dead` (the last thread exited).
+    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+}
+
+/// One completed `open`, `openat` or `openat2` of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OpenRecord {
+    /// Always [`record_kind::OPEN`].
+    pub kind: u32,
+    /// One of [`open_syscall`].
+    pub syscall: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds at the syscall's exit.
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The new fd, or `-errno`.
+    pub ret: i64,
+    pub flags: u64,
+    pub mode: u64,
+    /// The directory fd relative paths resolve against (`AT_FDCWD` for `open`).
+    pub dirfd: i32,
+    /// Bytes of `path` holding the path, NUL excluded.
+    pub path_len: u32,
+    /// Bits of [`path_state`].
+    pub path_state: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+    /// The path exactly as the process passed it.
+    pub path: [u8; PATH_MAX],
+}
+
+/// A traced process forked, exec'd, or exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessRecord {
+    /// [`record_kind::FORK`], [`record_kind::EXEC`] or [`record_kind::EXIT`].
+    pub kind: u32,
+    /// The process (tgid) the record is about: the child for a fork.
+    pub pid: u32,
+    /// For a fork, the parent's tgid; otherwise 0.
+    pub ppid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    /// The process's `comm` after the event.
+    pub comm: [u8; COMM_LEN],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{COMM_LEN, OpenRecord, ProcessRecord, record_kind};
+
+    /// A decoded ring-buffer record.
+    pub enum Record {
+        Open(OpenRecord),
+        Process(ProcessRecord),
+    }
+
+    fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+        (bytes.len() >= core::mem::size_of::<T>()).then(|| {
+            // SAFETY: the length is checked above, T is a plain #[repr(C)]
+            // record made only of integers and byte arrays (every bit
+            // pattern is valid), and read_unaligned copes with any alignment.
+            unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+        })
+    }
+
+    impl Record {
+        /// Decodes one ring-buffer record; `None` if it is malformed.
+        pub fn decode(bytes: &[u8]) -> Option<Record> {
+            let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+            match kind {
+                record_kind::OPEN => read(bytes).map(Record::Open),
+                record_kind::FORK | record_kind::EXEC | record_kind::EXIT => {
+                    read(bytes).map(Record::Process)
+                }
+                _ => None,
+            }
+        }
+    }
+
+    impl OpenRecord {
+        /// The path bytes as passed by the process (no NUL).
+        pub fn path_bytes(&self) -> &[u8] {
+            let len = (self.path_len as usize).min(self.path.len());
+            &self.path[..len]
+        }
+    }
+
+    /// A `comm` up to its first NUL.
+    pub fn comm_str(comm: &[u8; COMM_LEN]) -> &[u8] {
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        &comm[..end]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        const SIZE: usize = core::mem::size_of::<ProcessRecord>();
+
+        fn as_bytes(rec: &ProcessRecord) -> [u8; SIZE] {
+            // SAFETY: ProcessRecord is #[repr(C)] plain data with explicit
+            // padding, so all SIZE bytes are initialised.
+            unsafe { core::mem::transmute_copy(rec) }
+        }
+
+        #[test]
+        fn decodes_process_record_and_rejects_short_or_unknown() {
+            let rec = ProcessRecord {
+                kind: record_kind::FORK,
+                pid: 42,
+                ppid: 7,
+                _pad: 0,
+                ts_ns: 99,
+                comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            };
+            let mut bytes = as_bytes(&rec);
+            match Record::decode(&bytes) {
+                Some(Record::Process(p)) => assert_eq!(p, rec),
+                _ => panic!("fork record not decoded"),
+            }
+            assert!(Record::decode(&bytes[..10]).is_none());
+            bytes[0] = 77;
+            assert!(Record::decode(&bytes).is_none());
+            assert_eq!(comm_str(&rec.comm), b"python3");
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+pub use user::{Record, comm_str};

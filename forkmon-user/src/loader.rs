@@ -1,0 +1,261 @@
+//! Load forkmon's eBPF programs into the kernel and attach them.
+//!
+//! Nothing is pinned: the programs and maps live exactly as long as the
+//! file descriptors of this process, so they vanish with forkmon however it
+//! ends (even SIGKILL).
+use std::{fs, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use aya_log::EbpfLogger;
+use forkmon_common::{global, stat};
+use log::{debug, warn};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// (program name in the object, tracepoint category, tracepoint name)
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_open", "syscalls", "sys_enter_open"),
+    ("sys_exit_open", "syscalls", "sys_exit_open"),
+    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
+    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
+    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
+    ("task_newtask", "task", "task_newtask"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("forkmon needs root to load its eBPF program: run it with sudo")]
+    NotRoot,
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); \
+         mount it with `sudo mount -t tracefs tracefs {TRACEFS}`"
+    )]
+    Tracefs(nix::Error),
+    #[error("cannot read the layout of tracepoint {event} ({source}); is this kernel ≥ 5.8?")]
+    Format { event: String, source: io::Error },
+    #[error("tracepoint {event} has no field `{field}` on this kernel")]
+    MissingField { event: String, field: String },
+    #[error("the kernel refused forkmon's eBPF program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("cannot attach to tracepoint {category}/{name}: {source}")]
+    Attach {
+        category: String,
+        name: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("forkmon's eBPF object lacks map {0} (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+}
+
+/// The loaded, attached programs and the maps user space talks through.
+pub struct Probes {
+    /// Keeps the programs attached; dropping it detaches them.
+    _ebpf: Ebpf,
+    pub tracked: HashMap<MapData, u32, u8>,
+    events: Option<RingBuf<MapData>>,
+    pub stats: PerCpuArray<MapData, u64>,
+    /// Messages from `aya_log_ebpf`; absent if the object logs nothing.
+    pub logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Probes {
+    pub fn load() -> Result<Self, LoadError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(LoadError::NotRoot);
+        }
+        ensure_tracefs()?;
+        let newtask_pid = field_offset("task", "task_newtask", "pid")?;
+        let newtask_flags = field_offset("task", "task_newtask", "clone_flags")?;
+        let exit_group_dead = field_offset("sched", "sched_process_exit", "group_dead")?;
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(global::NEWTASK_PID_OFFSET, &newtask_pid, true)
+            .override_global(global::NEWTASK_CLONE_FLAGS_OFFSET, &newtask_flags, true)
+            .override_global(global::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forkmon")))
+            .map_err(|e| match &e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                    if io_error.kind() == io::ErrorKind::PermissionDenied =>
+                {
+                    LoadError::NotRoot
+                }
+                _ => LoadError::Load(e),
+            })?;
+
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                warn!("eBPF log messages unavailable: {e}");
+                None
+            }
+        };
+
+        for &(program, category, name) in TRACEPOINTS {
+            let mut attach = || -> Result<(), aya::programs::ProgramError> {
+                let tp: &mut TracePoint = ebpf
+                    .program_mut(program)
+                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+                    .try_into()?;
+                tp.load()?;
+                tp.attach(category, name)?;
+                Ok(())
+            };
+            attach().map_err(|source| LoadError::Attach {
+                category: category.into(),
+                name: name.into(),
+                source,
+            })?;
+            debug!("attached {category}/{name}");
+        }
+
+        let tracked = take_map(&mut ebpf, "TRACKED")?;
+        let events = take_map(&mut ebpf, "EVENTS")?;
+        let stats = take_map(&mut ebpf, "STATS")?;
+        Ok(Probes {
+            _ebpf: ebpf,
+            tracked,
+            events: Some(events),
+            stats,
+            logger,
+        })
+    }
+
+    /// The ring buffer of records; it has one reader.
+    pub fn take_events(&mut self) -> RingBuf<MapData> {
+        self.events.take().expect("the ring buffer is taken once")
+    }
+
+    /// Start reporting `pid` and every process it starts.
+    pub fn track(&mut self, pid: u32) -> Result<(), LoadError> {
+        self.tracked
+            .insert(pid, 1, 0)
+            .map_err(|e| LoadError::Map("TRACKED", e))
+    }
+
+    pub fn untrack(&mut self, pid: u32) {
+        let _ = self.tracked.remove(&pid);
+    }
+
+    /// Every process currently tracked (the target's live tree).
+    pub fn tracked_pids(&self) -> Vec<u32> {
+        self.tracked.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Sum of one loss counter over all CPUs.
+    pub fn stat(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn losses(&self) -> Losses {
+        Losses {
+            ring_full: self.stat(stat::RING_FULL),
+            pending_full: self.stat(stat::PENDING_FULL),
+            tracked_full: self.stat(stat::TRACKED_FULL),
+        }
+    }
+}
+
+/// What the kernel side could not deliver.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Losses {
+    pub ring_full: u64,
+    pub pending_full: u64,
+    pub tracked_full: u64,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| LoadError::Map(name, e))
+}
+
+/// aya attaches tracepoints through tracefs, which a fresh machine may not
+/// have mounted.
+fn ensure_tracefs() -> Result<(), LoadError> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(LoadError::Tracefs)?;
+    log::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+fn field_offset(category: &str, event: &str, field: &str) -> Result<u32, LoadError> {
+    let path = Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(event)
+        .join("format");
+    let event_name = format!("{category}/{event}");
+    let format = fs::read_to_string(&path).map_err(|source| LoadError::Format {
+        event: event_name.clone(),
+        source,
+    })?;
+    parse_field_offset(&format, field).ok_or(LoadError::MissingField {
+        event: event_name,
+        field: field.into(),
+    })
+}
+
+/// Finds `offset:N` on the `field:TYPE NAME;` line of a tracefs format file.
+fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let decl = parts.next()?.strip_prefix("field:")?;
+        let name = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        parts.find_map(|p| p.strip_prefix("offset:")?.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_field_offset;
+
+    const FORK_6_18: &str = "name: sched_process_fork
+ID: 312
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;
+\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:char comm[16];\toffset:24;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn finds_offsets_of_plain_data_loc_and_array_fields() {
+        assert_eq!(parse_field_offset(FORK_6_18, "child_pid"), Some(20));
+        assert_eq!(parse_field_offset(FORK_6_18, "parent_pid"), Some(12));
+        assert_eq!(parse_field_offset(FORK_6_18, "child_comm"), Some(16));
+        assert_eq!(parse_field_offset(FORK_6_18, "comm"), Some(24));
+        assert_eq!(parse_field_offset(FORK_6_18, "pid"), None);
+        assert_eq!(parse_field_offset(FORK_6_18, "common_pid"), Some(4));
+    }
+}

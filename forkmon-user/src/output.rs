@@ -1,0 +1,215 @@
+//! How opens are shown: a table for people, JSON lines for programs.
+use std::{
+    ffi::OsStr,
+    fs,
+    os::unix::ffi::OsStrExt as _,
+    path::{Component, Path, PathBuf},
+};
+
+use forkmon_common::{OpenRecord, comm_str, open_syscall, path_state};
+use nix::errno::Errno;
+use serde::Serialize;
+
+/// One open, decoded and resolved, ready to print.
+#[derive(Debug, Serialize)]
+pub struct OpenLine {
+    /// Seconds since the program was started.
+    pub time_s: f64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub syscall: &'static str,
+    /// The new fd, when the open succeeded.
+    pub fd: Option<i64>,
+    /// The error name (`ENOENT`, …), when it failed.
+    pub error: Option<String>,
+    pub flags: String,
+    pub flags_raw: u64,
+    pub mode: u64,
+    /// The path as the process passed it.
+    pub path: String,
+    /// The path made absolute with the process's cwd or dirfd, if they
+    /// could still be read when the record arrived.
+    pub abs_path: Option<String>,
+    /// The path was longer than PATH_MAX and arrived cut.
+    pub truncated: bool,
+}
+
+impl OpenLine {
+    pub fn new(record: &OpenRecord, start_ns: u64) -> OpenLine {
+        let path_bytes = record.path_bytes();
+        let (fd, error) = if record.ret >= 0 {
+            (Some(record.ret), None)
+        } else {
+            (None, Some(errno_name(record.ret)))
+        };
+        let abs_path = (record.path_state & path_state::UNREADABLE == 0)
+            .then(|| absolute_path(record.tgid, record.dirfd, OsStr::from_bytes(path_bytes)))
+            .flatten();
+        OpenLine {
+            time_s: record.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
+            pid: record.tgid,
+            tid: record.tid,
+            comm: String::from_utf8_lossy(comm_str(&record.comm)).into_owned(),
+            syscall: match record.syscall {
+                open_syscall::OPEN => "open",
+                open_syscall::OPENAT => "openat",
+                _ => "openat2",
+            },
+            fd,
+            error,
+            flags: open_flags(record.flags),
+            flags_raw: record.flags,
+            mode: record.mode,
+            path: if record.path_state & path_state::UNREADABLE != 0 {
+                "<unreadable>".into()
+            } else {
+                String::from_utf8_lossy(path_bytes).into_owned()
+            },
+            abs_path: abs_path.map(|p| p.to_string_lossy().into_owned()),
+            truncated: record.path_state & path_state::TRUNCATED != 0,
+        }
+    }
+
+    pub fn header() -> String {
+        format!(
+            "{:>10} {:>7} {:<16} {:>7} {:<24} PATH",
+            "TIME(s)", "PID", "COMM", "FD/ERR", "FLAGS"
+        )
+    }
+
+    pub fn to_table_row(&self) -> String {
+        let result = match (&self.fd, &self.error) {
+            (Some(fd), _) => fd.to_string(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "?".into(),
+        };
+        let path = self.abs_path.as_deref().unwrap_or(&self.path);
+        let cut = if self.truncated { " [truncated]" } else { "" };
+        format!(
+            "{:>10.6} {:>7} {:<16} {:>7} {:<24} {path}{cut}",
+            self.time_s, self.pid, self.comm, result, self.flags
+        )
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an OpenLine always serializes")
+    }
+}
+
+/// `-2` → `ENOENT`.
+pub fn errno_name(ret: i64) -> String {
+    let code = i32::try_from(-ret).unwrap_or(0);
+    match Errno::from_raw(code) {
+        Errno::UnknownErrno => format!("E{code}"),
+        errno => format!("{errno:?}"),
+    }
+}
+
+/// Symbolic open flags, as in strace: `O_RDONLY|O_CLOEXEC`.
+pub fn open_flags(flags: u64) -> String {
+    const NAMED: &[(i32, &str)] = &[
+        (libc::O_CREAT, "O_CREAT"),
+        (libc::O_EXCL, "O_EXCL"),
+        (libc::O_NOCTTY, "O_NOCTTY"),
+        (libc::O_TRUNC, "O_TRUNC"),
+        (libc::O_APPEND, "O_APPEND"),
+        (libc::O_NONBLOCK, "O_NONBLOCK"),
+        (libc::O_SYNC, "O_SYNC"),
+        (libc::O_DSYNC, "O_DSYNC"),
+        (libc::O_ASYNC, "O_ASYNC"),
+        (libc::O_DIRECT, "O_DIRECT"),
+        (libc::O_LARGEFILE, "O_LARGEFILE"),
+        (libc::O_TMPFILE, "O_TMPFILE"),
+        (libc::O_DIRECTORY, "O_DIRECTORY"),
+        (libc::O_NOFOLLOW, "O_NOFOLLOW"),
+        (libc::O_NOATIME, "O_NOATIME"),
+        (libc::O_CLOEXEC, "O_CLOEXEC"),
+        (libc::O_PATH, "O_PATH"),
+    ];
+    let mut rest = flags as i32;
+    let mut names = vec![match rest & libc::O_ACCMODE {
+        libc::O_RDONLY => "O_RDONLY".to_string(),
+        libc::O_WRONLY => "O_WRONLY".to_string(),
+        libc::O_RDWR => "O_RDWR".to_string(),
+        other => format!("{other:#o}"),
+    }];
+    rest &= !libc::O_ACCMODE;
+    for &(bits, name) in NAMED {
+        // Multi-bit flags (O_SYNC includes O_DSYNC, O_TMPFILE includes
+        // O_DIRECTORY) are named once, by their widest name.
+        if bits != 0 && rest & bits == bits {
+            names.push(name.to_string());
+            rest &= !bits;
+        }
+    }
+    if rest != 0 {
+        names.push(format!("{rest:#o}"));
+    }
+    names.join("|")
+}
+
+/// Makes a path absolute the way the kernel resolved it: against `dirfd`,
+/// or the process's cwd for `AT_FDCWD`. `None` when that is no longer known
+/// (the process has exited or closed the fd).
+pub fn absolute_path(pid: u32, dirfd: i32, path: &OsStr) -> Option<PathBuf> {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        return Some(lexically_clean(path));
+    }
+    let base = if dirfd == libc::AT_FDCWD {
+        fs::read_link(format!("/proc/{pid}/cwd")).ok()?
+    } else {
+        fs::read_link(format!("/proc/{pid}/fd/{dirfd}")).ok()?
+    };
+    Some(lexically_clean(&base.join(path)))
+}
+
+/// Drops `.` components and doubled slashes; keeps `..`, which only the
+/// file system can resolve correctly (symlinks).
+fn lexically_clean(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_flags_like_strace() {
+        assert_eq!(open_flags(0), "O_RDONLY");
+        assert_eq!(
+            open_flags((libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64),
+            "O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC"
+        );
+        assert_eq!(open_flags(libc::O_SYNC as u64), "O_RDONLY|O_SYNC");
+        assert_eq!(open_flags((libc::O_RDWR | libc::O_TMPFILE) as u64), "O_RDWR|O_TMPFILE");
+    }
+
+    #[test]
+    fn names_errors() {
+        assert_eq!(errno_name(-2), "ENOENT");
+        assert_eq!(errno_name(-13), "EACCES");
+        assert_eq!(errno_name(-4000), "E4000");
+    }
+
+    #[test]
+    fn resolves_relative_paths_against_cwd_and_dirfd() {
+        let me = std::process::id();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_path(me, libc::AT_FDCWD, OsStr::new("./a/b")),
+            Some(cwd.join("a/b"))
+        );
+        assert_eq!(
+            absolute_path(me, 12345, OsStr::new("/x/./y//z")),
+            Some(PathBuf::from("/x/y/z"))
+        );
+        let dir = fs::File::open("/usr").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        assert_eq!(absolute_path(me, fd, OsStr::new("lib")), Some(PathBuf::from("/usr/lib")));
+        assert_eq!(absolute_path(me, 99999, OsStr::new("lib")), None);
+    }
+}

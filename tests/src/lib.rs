@@ -1,0 +1,1 @@
+//! Integration tests live in `tests/`; they run the real `forkmon` binary.
