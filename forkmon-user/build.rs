@@ -18,5 +18,7 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
-    .context("building the eBPF programs (run `cargo xtask setup` if bpf-linker or rust-src is missing)")
+    .context(
+        "building the eBPF programs (run `cargo xtask setup` if bpf-linker or rust-src is missing)",
+    )
 }

@@ -113,10 +113,22 @@ pub struct ProcessRecord {
 mod user {
     use super::{COMM_LEN, OpenRecord, ProcessRecord, record_kind};
 
-    /// A decoded ring-buffer record.
-    pub enum Record {
-        Open(OpenRecord),
+    /// A decoded ring-buffer record. Open records (4 KiB) are borrowed in
+    /// place from the ring, not copied.
+    pub enum Record<'a> {
+        Open(&'a OpenRecord),
         Process(ProcessRecord),
+    }
+
+    fn view<T>(bytes: &[u8]) -> Option<&T> {
+        let fits = bytes.len() >= core::mem::size_of::<T>();
+        let aligned = bytes.as_ptr().align_offset(core::mem::align_of::<T>()) == 0;
+        (fits && aligned).then(|| {
+            // SAFETY: size and alignment are checked above, and T is a plain
+            // #[repr(C)] record of integers and byte arrays (every bit
+            // pattern is valid); the borrow keeps the bytes alive.
+            unsafe { &*bytes.as_ptr().cast::<T>() }
+        })
     }
 
     fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -128,12 +140,12 @@ mod user {
         })
     }
 
-    impl Record {
+    impl<'a> Record<'a> {
         /// Decodes one ring-buffer record; `None` if it is malformed.
-        pub fn decode(bytes: &[u8]) -> Option<Record> {
+        pub fn decode(bytes: &'a [u8]) -> Option<Record<'a>> {
             let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
             match kind {
-                record_kind::OPEN => read(bytes).map(Record::Open),
+                record_kind::OPEN => view(bytes).map(Record::Open),
                 record_kind::FORK | record_kind::EXEC | record_kind::EXIT => {
                     read(bytes).map(Record::Process)
                 }
@@ -166,6 +178,18 @@ mod user {
             // SAFETY: ProcessRecord is #[repr(C)] plain data with explicit
             // padding, so all SIZE bytes are initialised.
             unsafe { core::mem::transmute_copy(rec) }
+        }
+
+        #[test]
+        fn open_records_are_viewed_only_when_aligned() {
+            #[repr(C, align(8))]
+            struct Aligned([u8; core::mem::size_of::<OpenRecord>() + 8]);
+            let mut buf = Aligned([0; core::mem::size_of::<OpenRecord>() + 8]);
+            buf.0[..4].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
+            buf.0[8 + 4..8 + 8].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
+            assert!(matches!(Record::decode(&buf.0), Some(Record::Open(_))));
+            assert!(Record::decode(&buf.0[4..]).is_none(), "misaligned");
+            assert!(Record::decode(&buf.0[..100]).is_none(), "short");
         }
 
         #[test]

@@ -40,7 +40,7 @@ pub struct PendingOpen {
 
 pub fn is_tracked(tgid: u32) -> bool {
     // SAFETY: the value is a plain u8 and only tested for presence.
-    unsafe { TRACKED.get(&tgid) }.is_some()
+    unsafe { TRACKED.get(tgid) }.is_some()
 }
 
 pub fn count(stat: u32) {

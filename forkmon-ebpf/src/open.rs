@@ -89,7 +89,9 @@ fn try_enter(ctx: &TracePointContext, syscall: u32) -> Result<(), i64> {
         },
     };
     let tid = pid_tgid as u32;
-    PENDING.insert(&tid, &pending, 0).inspect_err(|_| count(stat::PENDING_FULL))?;
+    PENDING
+        .insert(tid, pending, 0)
+        .inspect_err(|_| count(stat::PENDING_FULL))?;
     Ok(())
 }
 
@@ -105,10 +107,10 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: PendingOpen is plain data; it is copied out before removal.
-    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+    let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
         return Ok(());
     };
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     // SAFETY: syscall exit tracepoints carry the return value here.
     let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET_OFFSET) }.map_err(i64::from)?;
 
@@ -157,9 +159,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 /// `dst` must be valid for PATH_MAX bytes of writes.
 unsafe fn read_path(src: u64, dst: *mut u8) -> (u32, u32) {
     // SAFETY: the helper writes at most PATH_MAX bytes and tolerates faults.
-    let copied = unsafe {
-        generated::bpf_probe_read_user_str(dst.cast(), PATH_MAX as u32, src as *const _)
-    };
+    let copied =
+        unsafe { generated::bpf_probe_read_user_str(dst.cast(), PATH_MAX as u32, src as *const _) };
     if copied <= 0 {
         return (0, path_state::UNREADABLE);
     }

@@ -51,15 +51,17 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: offsets come from this kernel's format file for the event.
-    let clone_flags: u64 = unsafe { ctx.read_at(global(&NEWTASK_CLONE_FLAGS_OFFSET) as usize) }
-        .map_err(i64::from)?;
+    let clone_flags: u64 =
+        unsafe { ctx.read_at(global(&NEWTASK_CLONE_FLAGS_OFFSET) as usize) }.map_err(i64::from)?;
     if clone_flags & CLONE_THREAD != 0 {
         return Ok(());
     }
     // SAFETY: as above.
     let child: u32 =
         unsafe { ctx.read_at(global(&NEWTASK_PID_OFFSET) as usize) }.map_err(i64::from)?;
-    TRACKED.insert(&child, &1, 0).inspect_err(|_| count(stat::TRACKED_FULL))?;
+    TRACKED
+        .insert(child, 1, 0)
+        .inspect_err(|_| count(stat::TRACKED_FULL))?;
     debug!(ctx, "following new process {} of {}", child, parent);
     emit(record_kind::FORK, child, parent);
     Ok(())
@@ -72,12 +74,12 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     // An open interrupted by the exit never reaches sys_exit_*.
-    let _ = PENDING.remove(&(pid_tgid as u32));
+    let _ = PENDING.remove(pid_tgid as u32);
     // SAFETY: offset from this kernel's format file for the event.
     let group_dead: u8 =
         unsafe { ctx.read_at(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.map_err(i64::from)?;
     if group_dead != 0 {
-        let _ = TRACKED.remove(&tgid);
+        let _ = TRACKED.remove(tgid);
         emit(record_kind::EXIT, tgid, 0);
     }
     Ok(())

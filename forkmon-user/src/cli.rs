@@ -53,7 +53,11 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 pub struct ProgramArgs {
     /// The program to run, and its arguments.
-    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM [ARGS]...")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
     pub argv: Vec<OsString>,
 }
 

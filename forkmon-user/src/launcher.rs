@@ -21,18 +21,28 @@ use nix::{
 pub enum LaunchError {
     #[error("{0}: command not found")]
     NotFound(String),
-    #[error("{0}: {1}")]
+    #[error("{0}: {desc}", desc = describe(.1))]
     CannotExecute(String, Errno),
     #[error("{0}: no such file or directory")]
     NoSuchFile(String),
     #[error("{0}: argument contains a NUL byte")]
     NulInArgument(String),
-    #[error("cannot start {0}: {1}")]
+    #[error("cannot start {0}: {desc}", desc = describe(.1))]
     System(String, Errno),
-    #[error("cannot run {0} as user {1}: {2}")]
+    #[error("cannot run {0} as user {1}: {desc}", desc = describe(.2))]
     DropPrivileges(String, u32, Errno),
     #[error("invalid SUDO_UID/SUDO_GID in the environment: {0}")]
     BadSudoEnv(String),
+}
+
+/// `EACCES` → "permission denied", as a shell words it.
+fn describe(errno: &Errno) -> String {
+    let desc = errno.desc();
+    let mut chars = desc.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => format!("{errno:?}"),
+    }
 }
 
 impl LaunchError {
@@ -197,8 +207,7 @@ pub fn spawn_paused(argv: &[OsString], user: Option<&TargetUser>) -> Result<Paus
     argv_ptrs.push(std::ptr::null());
     let system = |e| LaunchError::System(program_name.clone(), e);
     let (go_read, go_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(system)?;
-    let (err_read, err_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(system)?;
+    let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(system)?;
     let parent = nix::unistd::getpid();
 
     // SAFETY: the child only makes async-signal-safe calls (raw syscalls
@@ -207,13 +216,7 @@ pub fn spawn_paused(argv: &[OsString], user: Option<&TargetUser>) -> Result<Paus
         ForkResult::Child => {
             drop(go_write);
             drop(err_read);
-            let code = child_exec(
-                &go_read,
-                parent,
-                user,
-                &c_path,
-                &argv_ptrs,
-            );
+            let code = child_exec(&go_read, parent, user, &c_path, &argv_ptrs);
             let _ = nix::unistd::write(&err_write, &code.to_ne_bytes());
             // SAFETY: _exit is async-signal-safe and skips atexit handlers
             // that belong to the parent.
@@ -277,11 +280,23 @@ mod tests {
 
     #[test]
     fn resolves_like_a_shell() {
-        assert_eq!(resolve_program(OsStr::new("sh")).unwrap().file_name().unwrap(), "sh");
-        assert_eq!(resolve_program(OsStr::new("./x")).unwrap(), PathBuf::from("./x"));
+        assert_eq!(
+            resolve_program(OsStr::new("sh"))
+                .unwrap()
+                .file_name()
+                .unwrap(),
+            "sh"
+        );
+        assert_eq!(
+            resolve_program(OsStr::new("./x")).unwrap(),
+            PathBuf::from("./x")
+        );
         let err = resolve_program(OsStr::new("forkmon-no-such-program")).unwrap_err();
         assert_eq!(err.exit_code(), 127);
-        assert_eq!(err.to_string(), "forkmon-no-such-program: command not found");
+        assert_eq!(
+            err.to_string(),
+            "forkmon-no-such-program: command not found"
+        );
     }
 
     #[test]

@@ -43,17 +43,17 @@ pub enum LoadError {
     #[error("tracepoint {event} has no field `{field}` on this kernel")]
     MissingField { event: String, field: String },
     #[error("the kernel refused forkmon's eBPF program: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("cannot attach to tracepoint {category}/{name}: {source}")]
     Attach {
         category: String,
         name: String,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("forkmon's eBPF object lacks map {0} (build mismatch)")]
     MissingMap(&'static str),
     #[error("map {0}: {1}")]
-    Map(&'static str, aya::maps::MapError),
+    Map(&'static str, Box<aya::maps::MapError>),
 }
 
 /// The loaded, attached programs and the maps user space talks through.
@@ -77,19 +77,21 @@ impl Probes {
         let newtask_flags = field_offset("task", "task_newtask", "clone_flags")?;
         let exit_group_dead = field_offset("sched", "sched_process_exit", "group_dead")?;
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global(global::NEWTASK_PID_OFFSET, &newtask_pid, true)
-            .override_global(global::NEWTASK_CLONE_FLAGS_OFFSET, &newtask_flags, true)
-            .override_global(global::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
-            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forkmon")))
-            .map_err(|e| match &e {
-                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-                    if io_error.kind() == io::ErrorKind::PermissionDenied =>
-                {
-                    LoadError::NotRoot
-                }
-                _ => LoadError::Load(e),
-            })?;
+        let mut ebpf =
+            EbpfLoader::new()
+                .override_global(global::NEWTASK_PID_OFFSET, &newtask_pid, true)
+                .override_global(global::NEWTASK_CLONE_FLAGS_OFFSET, &newtask_flags, true)
+                .override_global(global::EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
+                .load(aya::include_bytes_aligned!(concat!(
+                    env!("OUT_DIR"),
+                    "/forkmon"
+                )))
+                .map_err(|e| match &e {
+                    aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                        io_error, ..
+                    }) if io_error.kind() == io::ErrorKind::PermissionDenied => LoadError::NotRoot,
+                    _ => LoadError::Load(Box::new(e)),
+                })?;
 
         let logger = match EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -112,7 +114,7 @@ impl Probes {
             attach().map_err(|source| LoadError::Attach {
                 category: category.into(),
                 name: name.into(),
-                source,
+                source: Box::new(source),
             })?;
             debug!("attached {category}/{name}");
         }
@@ -138,7 +140,7 @@ impl Probes {
     pub fn track(&mut self, pid: u32) -> Result<(), LoadError> {
         self.tracked
             .insert(pid, 1, 0)
-            .map_err(|e| LoadError::Map("TRACKED", e))
+            .map_err(|e| LoadError::Map("TRACKED", Box::new(e)))
     }
 
     pub fn untrack(&mut self, pid: u32) {
@@ -180,7 +182,7 @@ where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
-    T::try_from(map).map_err(|e| LoadError::Map(name, e))
+    T::try_from(map).map_err(|e| LoadError::Map(name, Box::new(e)))
 }
 
 /// aya attaches tracepoints through tracefs, which a fresh machine may not
@@ -223,7 +225,9 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let mut parts = line.trim().split(';').map(str::trim);
         let decl = parts.next()?.strip_prefix("field:")?;
-        let name = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+        let name = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()?;
         let name = name.split('[').next()?;
         if name != field {
             return None;

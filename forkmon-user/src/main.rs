@@ -9,6 +9,7 @@ mod events;
 mod launcher;
 mod loader;
 mod output;
+mod paths;
 mod trace;
 
 use cli::{Cli, Command};
@@ -19,7 +20,10 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("forkmon: cannot start: {e}");

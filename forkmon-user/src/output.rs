@@ -1,10 +1,5 @@
 //! How opens are shown: a table for people, JSON lines for programs.
-use std::{
-    ffi::OsStr,
-    fs,
-    os::unix::ffi::OsStrExt as _,
-    path::{Component, Path, PathBuf},
-};
+use std::path::PathBuf;
 
 use forkmon_common::{OpenRecord, comm_str, open_syscall, path_state};
 use nix::errno::Errno;
@@ -36,16 +31,13 @@ pub struct OpenLine {
 }
 
 impl OpenLine {
-    pub fn new(record: &OpenRecord, start_ns: u64) -> OpenLine {
+    pub fn new(record: &OpenRecord, abs_path: Option<PathBuf>, start_ns: u64) -> OpenLine {
         let path_bytes = record.path_bytes();
         let (fd, error) = if record.ret >= 0 {
             (Some(record.ret), None)
         } else {
             (None, Some(errno_name(record.ret)))
         };
-        let abs_path = (record.path_state & path_state::UNREADABLE == 0)
-            .then(|| absolute_path(record.tgid, record.dirfd, OsStr::from_bytes(path_bytes)))
-            .flatten();
         OpenLine {
             time_s: record.ts_ns.saturating_sub(start_ns) as f64 / 1e9,
             pid: record.tgid,
@@ -149,30 +141,6 @@ pub fn open_flags(flags: u64) -> String {
     names.join("|")
 }
 
-/// Makes a path absolute the way the kernel resolved it: against `dirfd`,
-/// or the process's cwd for `AT_FDCWD`. `None` when that is no longer known
-/// (the process has exited or closed the fd).
-pub fn absolute_path(pid: u32, dirfd: i32, path: &OsStr) -> Option<PathBuf> {
-    let path = Path::new(path);
-    if path.is_absolute() {
-        return Some(lexically_clean(path));
-    }
-    let base = if dirfd == libc::AT_FDCWD {
-        fs::read_link(format!("/proc/{pid}/cwd")).ok()?
-    } else {
-        fs::read_link(format!("/proc/{pid}/fd/{dirfd}")).ok()?
-    };
-    Some(lexically_clean(&base.join(path)))
-}
-
-/// Drops `.` components and doubled slashes; keeps `..`, which only the
-/// file system can resolve correctly (symlinks).
-fn lexically_clean(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,7 +153,10 @@ mod tests {
             "O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC"
         );
         assert_eq!(open_flags(libc::O_SYNC as u64), "O_RDONLY|O_SYNC");
-        assert_eq!(open_flags((libc::O_RDWR | libc::O_TMPFILE) as u64), "O_RDWR|O_TMPFILE");
+        assert_eq!(
+            open_flags((libc::O_RDWR | libc::O_TMPFILE) as u64),
+            "O_RDWR|O_TMPFILE"
+        );
     }
 
     #[test]
@@ -193,23 +164,5 @@ mod tests {
         assert_eq!(errno_name(-2), "ENOENT");
         assert_eq!(errno_name(-13), "EACCES");
         assert_eq!(errno_name(-4000), "E4000");
-    }
-
-    #[test]
-    fn resolves_relative_paths_against_cwd_and_dirfd() {
-        let me = std::process::id();
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(
-            absolute_path(me, libc::AT_FDCWD, OsStr::new("./a/b")),
-            Some(cwd.join("a/b"))
-        );
-        assert_eq!(
-            absolute_path(me, 12345, OsStr::new("/x/./y//z")),
-            Some(PathBuf::from("/x/y/z"))
-        );
-        let dir = fs::File::open("/usr").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
-        assert_eq!(absolute_path(me, fd, OsStr::new("lib")), Some(PathBuf::from("/usr/lib")));
-        assert_eq!(absolute_path(me, 99999, OsStr::new("lib")), None);
     }
 }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use forkmon_common::Record;
+use forkmon_common::{Record, record_kind};
 use log::warn;
 use nix::{
     sys::{
@@ -26,6 +26,7 @@ use crate::{
     launcher::{self, TargetUser},
     loader::{Losses, Probes},
     output::OpenLine,
+    paths::PathResolver,
 };
 
 /// How long a program gets to exit after forkmon is interrupted before
@@ -55,20 +56,31 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
     let pid = paused.pid();
     probes.track(pid.as_raw() as u32)?;
     let start_ns = monotonic_ns();
-    if !args.json {
-        let _ = writeln!(sink, "{}", OpenLine::header());
-    }
     if let Err(e) = paused.release() {
         probes.untrack(pid.as_raw() as u32);
         return Err(e.into());
     }
+    if !args.json {
+        let _ = writeln!(sink, "{}", OpenLine::header());
+    }
 
-    let mut print = |record: Record| {
-        if let Record::Open(open) = record {
-            let line = OpenLine::new(&open, start_ns);
-            let text = if args.json { line.to_json() } else { line.to_table_row() };
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut paths = PathResolver::new(pid.as_raw() as u32, cwd);
+    let mut print = |record: Record| match record {
+        Record::Open(open) => {
+            let line = OpenLine::new(open, paths.resolve(open), start_ns);
+            let text = if args.json {
+                line.to_json()
+            } else {
+                line.to_table_row()
+            };
             let _ = writeln!(sink, "{text}");
         }
+        Record::Process(process) => match process.kind {
+            record_kind::FORK => paths.on_fork(process.pid, process.ppid),
+            record_kind::EXIT => paths.on_exit(process.pid),
+            _ => {}
+        },
     };
     let mut deadline: Option<tokio::time::Instant> = None;
     let status = loop {
@@ -102,7 +114,6 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
     };
     // Records of the program's last opens are in the ring before its exit.
     events.drain(&mut print);
-    drop(print);
     let _ = sink.flush();
     if deadline.is_some() {
         kill_tree(&probes);
@@ -152,10 +163,16 @@ fn report_losses(losses: Losses) {
         );
     }
     if losses.pending_full > 0 {
-        warn!("{} opens were not reported: too many in flight at once", losses.pending_full);
+        warn!(
+            "{} opens were not reported: too many in flight at once",
+            losses.pending_full
+        );
     }
     if losses.tracked_full > 0 {
-        warn!("{} new processes were not followed: too many at once", losses.tracked_full);
+        warn!(
+            "{} new processes were not followed: too many at once",
+            losses.tracked_full
+        );
     }
 }
 

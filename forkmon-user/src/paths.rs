@@ -1,0 +1,167 @@
+//! Turn the paths processes pass to open into absolute paths.
+//!
+//! A relative path resolves against the process's cwd or a directory fd.
+//! Both are read live from /proc when the record arrives, but a short-lived
+//! process may be gone by then; so the resolver also keeps what it learnt
+//! from earlier records (cwds inherited at fork, directories the process
+//! opened) and falls back to that.
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    fs,
+    os::unix::ffi::OsStrExt as _,
+    path::{Component, Path, PathBuf},
+};
+
+use forkmon_common::{OpenRecord, path_state};
+
+#[derive(Default)]
+struct ProcessPaths {
+    cwd: Option<PathBuf>,
+    /// Absolute paths of fds the process opened (or inherited at fork).
+    fds: HashMap<i32, PathBuf>,
+}
+
+#[derive(Default)]
+pub struct PathResolver {
+    processes: HashMap<u32, ProcessPaths>,
+}
+
+impl PathResolver {
+    /// The target starts in `cwd` (it inherits forkmon's).
+    pub fn new(target: u32, cwd: PathBuf) -> PathResolver {
+        let mut resolver = PathResolver::default();
+        resolver.processes.entry(target).or_default().cwd = Some(cwd);
+        resolver
+    }
+
+    /// A child starts with its parent's cwd and fds.
+    pub fn on_fork(&mut self, child: u32, parent: u32) {
+        let inherited = self.processes.get(&parent).map(|p| ProcessPaths {
+            cwd: p.cwd.clone(),
+            fds: p.fds.clone(),
+        });
+        self.processes.insert(child, inherited.unwrap_or_default());
+    }
+
+    pub fn on_exit(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    /// The absolute path `record` opened, if it can be known.
+    pub fn resolve(&mut self, record: &OpenRecord) -> Option<PathBuf> {
+        if record.path_state & path_state::UNREADABLE != 0 {
+            return None;
+        }
+        let pid = record.tgid;
+        let path = Path::new(OsStr::from_bytes(record.path_bytes()));
+        let resolved = if path.is_absolute() {
+            Some(lexically_clean(path))
+        } else {
+            self.base_dir(pid, record.dirfd)
+                .map(|base| lexically_clean(&base.join(path)))
+        };
+        if let (Some(abs), Ok(fd)) = (&resolved, i32::try_from(record.ret)) {
+            self.processes
+                .entry(pid)
+                .or_default()
+                .fds
+                .insert(fd, abs.clone());
+        }
+        resolved
+    }
+
+    fn base_dir(&mut self, pid: u32, dirfd: i32) -> Option<PathBuf> {
+        let known = self.processes.entry(pid).or_default();
+        if dirfd == libc::AT_FDCWD {
+            if let Ok(cwd) = fs::read_link(format!("/proc/{pid}/cwd")) {
+                known.cwd = Some(cwd);
+            }
+            known.cwd.clone()
+        } else {
+            fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
+                .ok()
+                .or_else(|| known.fds.get(&dirfd).cloned())
+        }
+    }
+}
+
+/// Drops `.` components and doubled slashes; keeps `..`, which only the
+/// file system can resolve correctly (symlinks).
+fn lexically_clean(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forkmon_common::{OpenRecord, PATH_MAX, record_kind};
+
+    fn record(pid: u32, dirfd: i32, path: &str, ret: i64) -> OpenRecord {
+        let mut rec = OpenRecord {
+            kind: record_kind::OPEN,
+            syscall: 1,
+            ts_ns: 0,
+            tgid: pid,
+            tid: pid,
+            ret,
+            flags: 0,
+            mode: 0,
+            dirfd,
+            path_len: path.len() as u32,
+            path_state: 0,
+            _pad: 0,
+            comm: [0; 16],
+            path: [0; PATH_MAX],
+        };
+        rec.path[..path.len()].copy_from_slice(path.as_bytes());
+        rec
+    }
+
+    #[test]
+    fn resolves_live_processes_from_proc() {
+        let me = std::process::id();
+        let mut paths = PathResolver::default();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            paths.resolve(&record(me, libc::AT_FDCWD, "./a/b", -2)),
+            Some(cwd.join("a/b"))
+        );
+        assert_eq!(
+            paths.resolve(&record(me, 12345, "/x/./y//z", -2)),
+            Some(PathBuf::from("/x/y/z"))
+        );
+        let dir = fs::File::open("/usr").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        assert_eq!(
+            paths.resolve(&record(me, fd, "lib", -2)),
+            Some(PathBuf::from("/usr/lib"))
+        );
+    }
+
+    #[test]
+    fn falls_back_to_what_was_learnt_once_the_process_is_gone() {
+        // Pids above pid_max never exist in /proc.
+        let (target, child) = (4_194_400, 4_194_401);
+        let mut paths = PathResolver::new(target, PathBuf::from("/work"));
+        assert_eq!(
+            paths.resolve(&record(target, libc::AT_FDCWD, "src", 5)),
+            Some(PathBuf::from("/work/src"))
+        );
+        paths.on_fork(child, target);
+        assert_eq!(
+            paths.resolve(&record(child, libc::AT_FDCWD, "x", 3)),
+            Some(PathBuf::from("/work/x")),
+            "cwd inherited at fork"
+        );
+        assert_eq!(
+            paths.resolve(&record(child, 5, "lib.rs", 4)),
+            Some(PathBuf::from("/work/src/lib.rs")),
+            "directory fd inherited at fork"
+        );
+        paths.on_exit(child);
+        assert_eq!(paths.resolve(&record(child, 5, "lib.rs", 4)), None);
+    }
+}

@@ -1,0 +1,164 @@
+//! Shared by the integration tests: find the real forkmon binary, build the
+//! C fixtures, decide whether BPF tests can run here.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::Mutex,
+};
+
+use serde_json::Value;
+
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The binary under test: `FORKMON_BIN` (set by `cargo xtask test`), or the
+/// debug build.
+pub fn forkmon_bin() -> PathBuf {
+    // Relative to the workspace, not to the test's working directory.
+    let bin = workspace_dir().join(
+        std::env::var_os("FORKMON_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "target/debug/forkmon".into()),
+    );
+    assert!(
+        bin.is_file(),
+        "{} missing: run the tests with `cargo xtask test`",
+        bin.display()
+    );
+    // Tests run it from scratch directories.
+    bin.canonicalize().unwrap()
+}
+
+/// A child process killed and reaped when the test ends, even by panic.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a test that loads BPF can run. In CI (`FORKMON_REQUIRE_BPF=1`) it
+/// must: this panics instead of skipping. Elsewhere it prints why it skips.
+pub fn bpf_available(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let reason = match (root, btf) {
+        (true, true) => return true,
+        (false, _) => "not running as root (run `cargo xtask test`, which uses sudo)",
+        (true, false) => "the kernel has no BTF (/sys/kernel/btf/vmlinux)",
+    };
+    if std::env::var("FORKMON_REQUIRE_BPF").as_deref() == Ok("1") {
+        panic!("{test}: BPF is required here (FORKMON_REQUIRE_BPF=1) but {reason}");
+    }
+    eprintln!("skipping {test}: {reason}");
+    false
+}
+
+static FIXTURE_BUILD: Mutex<()> = Mutex::new(());
+
+/// Compiles `tests/fixtures/NAME.c` (once per change) and returns the binary.
+pub fn fixture(name: &str) -> PathBuf {
+    let _guard = FIXTURE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let source = workspace_dir()
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
+    let out_dir = workspace_dir().join("target/fixtures");
+    fs::create_dir_all(&out_dir).unwrap();
+    let binary = out_dir.join(name);
+    let fresh = match (fs::metadata(&source), fs::metadata(&binary)) {
+        (Ok(src), Ok(bin)) => bin.modified().unwrap() >= src.modified().unwrap(),
+        _ => false,
+    };
+    if !fresh {
+        // Built beside and renamed: another test binary may be running it.
+        let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
+        let status = Command::new("cc")
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&source)
+            .status()
+            .expect("cc (gcc) is needed to build test fixtures");
+        assert!(status.success(), "compiling {}", source.display());
+        fs::rename(&tmp, &binary).unwrap();
+    }
+    binary
+}
+
+/// `forkmon trace --json --output FILE -- argv` run in `dir`.
+pub struct Trace {
+    pub output: Output,
+    pub opens: Vec<Value>,
+}
+
+impl Trace {
+    pub fn run(dir: &Path, argv: &[&str]) -> Trace {
+        Self::run_with(dir, argv, |_| {})
+    }
+
+    pub fn run_with(dir: &Path, argv: &[&str], configure: impl FnOnce(&mut Command)) -> Trace {
+        let trace_file = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(forkmon_bin());
+        cmd.current_dir(dir)
+            .args(["trace", "--json", "--output"])
+            .arg(trace_file.path())
+            .arg("--")
+            .args(argv);
+        configure(&mut cmd);
+        let output = cmd.output().expect("running forkmon");
+        let opens = fs::read_to_string(trace_file.path())
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+            .collect();
+        Trace { output, opens }
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// The opens whose resolved (or, failing that, given) path is `path`.
+    pub fn opens_of(&self, path: &Path) -> Vec<&Value> {
+        let path = path.to_str().unwrap();
+        self.opens
+            .iter()
+            .filter(|o| o["abs_path"].as_str().or(o["path"].as_str()) == Some(path))
+            .collect()
+    }
+
+    /// The single open of `path`; fails listing what was seen otherwise.
+    pub fn open_of(&self, path: &Path) -> &Value {
+        let found = self.opens_of(path);
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one open of {}, got {found:?}\nstderr: {}",
+            path.display(),
+            self.stderr()
+        );
+        found[0]
+    }
+}
+
+/// A value printed by a fixture as `KEY=N` on its stdout.
+pub fn printed(stdout: &str, key: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("fixture printed no {key}=; stdout: {stdout}"))
+}
