@@ -65,6 +65,100 @@ pub mod global {
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
 }
 
+/// How forkmon and its `LD_PRELOAD` stub talk (see DESIGN.md, "The
+/// mechanism"). Registration messages travel over one `SOCK_SEQPACKET`
+/// socket the whole tree inherits (each `sendmsg` is atomic); commands go
+/// the other way over each process's own eventfd, sent with its
+/// registration, so no process can read another's command.
+pub mod stub {
+    /// Environment: the fd number of the registration socket.
+    pub const ENV_SOCKET: &str = "FORKMON_STUB_SOCKET";
+    /// Environment: set to "1" to flush C stdio buffers at each checkpoint.
+    pub const ENV_FLUSH: &str = "FORKMON_STUB_FLUSH";
+
+    /// The signal the eBPF program sends at a candidate open: a real-time
+    /// signal (SIGRTMAX - 2) no common runtime uses.
+    pub const SIGNAL: u32 = 62;
+
+    /// Commands forkmon writes to a process's eventfd. At most one is ever
+    /// outstanding per process (eventfd values add up).
+    pub const CMD_GO: u64 = 1;
+    /// Fork here: the process becomes a checkpoint, its child goes on.
+    pub const CMD_CHECKPOINT: u64 = 2;
+    /// To a checkpoint whose child subtree forkmon killed: fork a fresh child.
+    pub const CMD_RESUME: u64 = 3;
+
+    /// A process registered (its eventfd is attached): the target at start.
+    pub const MSG_HELLO: u32 = 1;
+    /// A checkpoint's new child registered (its eventfd is attached).
+    pub const MSG_CHILD: u32 = 2;
+    /// A checkpoint reaped its child; `status` is the raw wait status.
+    pub const MSG_EXITED: u32 = 3;
+    /// A checkpoint could not be made; `status` is the errno.
+    pub const MSG_FAILED: u32 = 4;
+
+    /// One registration-socket message.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Message {
+        /// One of the `MSG_*` kinds.
+        pub kind: u32,
+        /// The sender, or for `MSG_EXITED` the child that exited.
+        pub pid: i32,
+        /// The checkpoint the sender was forked from (`MSG_CHILD`) or that
+        /// reaped the child (`MSG_EXITED`); 0 otherwise.
+        pub checkpoint: i32,
+        /// The fd the checkpoint was made at.
+        pub fd: i32,
+        /// Wait status (`MSG_EXITED`) or errno (`MSG_FAILED`).
+        pub status: i32,
+        pub _pad: i32,
+    }
+}
+
+/// Limits of the kernel prefilter (see [`PrefilterConfig`]).
+pub const PREFILTER_MAX_SUFFIXES: usize = 8;
+pub const PREFILTER_SUFFIX_LEN: usize = 16;
+pub const PREFILTER_MAX_PREFIXES: usize = 4;
+pub const PREFILTER_PREFIX_LEN: usize = 256;
+
+/// Which opens of an armed process the kernel signals: a cheap test on the
+/// path as passed that never rejects a path the full filter (user space)
+/// accepts. A path may match when any suffix ends it, any prefix starts it,
+/// or — when there are prefixes — it is relative or not in canonical form
+/// (contains `//` or `/.`), which only user space can judge.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PrefilterConfig {
+    pub accept_all: u32,
+    pub suffix_count: u32,
+    pub prefix_count: u32,
+    pub _pad: u32,
+    pub suffix_len: [u32; PREFILTER_MAX_SUFFIXES],
+    pub suffixes: [[u8; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
+    pub prefix_len: [u32; PREFILTER_MAX_PREFIXES],
+    pub prefixes: [[u8; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
+}
+
+impl PrefilterConfig {
+    /// Signals nothing: the state before user space configures it.
+    pub const NONE: PrefilterConfig = PrefilterConfig {
+        accept_all: 0,
+        suffix_count: 0,
+        prefix_count: 0,
+        _pad: 0,
+        suffix_len: [0; PREFILTER_MAX_SUFFIXES],
+        suffixes: [[0; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
+        prefix_len: [0; PREFILTER_MAX_PREFIXES],
+        prefixes: [[0; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
+    };
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] plain data with explicit padding; every bit pattern is
+// valid.
+unsafe impl aya::Pod for PrefilterConfig {}
+
 /// One completed `open`, `openat` or `openat2` of a traced process.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -87,7 +181,9 @@ pub struct OpenRecord {
     pub path_len: u32,
     /// Bits of [`path_state`].
     pub path_state: u32,
-    pub _pad: u32,
+    /// Non-zero when the kernel signalled the process at this open: its
+    /// stub now waits for forkmon's verdict.
+    pub signalled: u32,
     pub comm: [u8; COMM_LEN],
     /// The path exactly as the process passed it.
     pub path: [u8; PATH_MAX],

@@ -8,6 +8,7 @@
 
 mod maps;
 mod open;
+mod prefilter;
 mod process;
 
 #[cfg(not(test))]

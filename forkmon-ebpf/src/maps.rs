@@ -1,15 +1,26 @@
 //! Maps shared by all of forkmon's programs.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use forkmon_common::{MAX_PENDING, MAX_TRACKED, RING_BYTES};
+use forkmon_common::{MAX_PENDING, MAX_TRACKED, PrefilterConfig, RING_BYTES};
 
 /// Processes (tgids) whose opens are reported. User space inserts the
 /// target; `task_newtask` adds its children, `sched_process_exit` removes
 /// them.
 #[map]
 pub static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACKED, 0);
+
+/// Processes whose stub has registered with forkmon: only these may be
+/// signalled (a process without the handler would die of the signal).
+/// Cleared on exec, which resets signal handlers.
+#[map]
+pub static ARMED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACKED, 0);
+
+/// Which opens of armed processes are signalled; one entry, set by user
+/// space before any process is armed.
+#[map]
+pub static PREFILTER: Array<PrefilterConfig> = Array::with_max_entries(1, 0);
 
 /// Arguments of opens in flight, by thread id, from syscall entry to exit.
 #[map]
@@ -41,6 +52,11 @@ pub struct PendingOpen {
 pub fn is_tracked(tgid: u32) -> bool {
     // SAFETY: the value is a plain u8 and only tested for presence.
     unsafe { TRACKED.get(tgid) }.is_some()
+}
+
+pub fn is_armed(tgid: u32) -> bool {
+    // SAFETY: the value is a plain u8 and only tested for presence.
+    unsafe { ARMED.get(tgid) }.is_some()
 }
 
 pub fn count(stat: u32) {

@@ -5,9 +5,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use forkmon_common::{OpenRecord, PATH_MAX, open_syscall, path_state, record_kind, stat};
+use forkmon_common::{OpenRecord, PATH_MAX, open_syscall, path_state, record_kind, stat, stub};
 
-use crate::maps::{EVENTS, PENDING, PendingOpen, count, is_tracked};
+use crate::{
+    maps::{EVENTS, PENDING, PendingOpen, count, is_armed, is_tracked},
+    prefilter,
+};
 
 const AT_FDCWD: i32 = -100;
 /// Syscall tracepoints lay out their arguments as `u64`s from this offset
@@ -142,14 +145,36 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         (*record).flags = flags;
         (*record).mode = mode;
         (*record).dirfd = pending.dirfd;
-        (*record)._pad = 0;
+        (*record).signalled = 0;
         (*record).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         let (len, state) = read_path(pending.path, (*record).path.as_mut_ptr());
         (*record).path_len = len;
         (*record).path_state = state;
+        // Only a submitted record tells forkmon a stub is waiting, so the
+        // signal is sent only once the record is certain to arrive.
+        if ret >= 0
+            && state == 0
+            && is_checkpointable(flags)
+            && is_armed((pid_tgid >> 32) as u32)
+            && prefilter::may_match(&(*record).path, len)
+            && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
+        {
+            (*record).signalled = 1;
+        }
     }
     entry.submit(0);
     Ok(())
+}
+
+/// Only read-only opens of files may become checkpoints: re-opening a file
+/// the program writes would corrupt it.
+fn is_checkpointable(flags: u64) -> bool {
+    const O_ACCMODE: u64 = 0o3;
+    const O_CREAT: u64 = 0o100;
+    const O_TRUNC: u64 = 0o1000;
+    const O_DIRECTORY: u64 = 0o200000;
+    const O_PATH: u64 = 0o10000000;
+    flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC | O_DIRECTORY | O_PATH) == 0
 }
 
 /// Copies the NUL-terminated user string at `src` into the PATH_MAX bytes at

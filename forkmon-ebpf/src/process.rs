@@ -8,7 +8,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use forkmon_common::{ProcessRecord, record_kind, stat};
 
-use crate::maps::{EVENTS, PENDING, TRACKED, count, global, is_tracked};
+use crate::maps::{ARMED, EVENTS, PENDING, TRACKED, count, global, is_tracked};
 
 // Field offsets, set by user space from tracefs format files before load.
 #[unsafe(no_mangle)]
@@ -34,6 +34,8 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if is_tracked(tgid) {
+        // exec resets signal handlers: the stub is gone.
+        let _ = ARMED.remove(tgid);
         emit(record_kind::EXEC, tgid, 0);
     }
     0
@@ -80,6 +82,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         unsafe { ctx.read_at(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.map_err(i64::from)?;
     if group_dead != 0 {
         let _ = TRACKED.remove(tgid);
+        let _ = ARMED.remove(tgid);
         emit(record_kind::EXIT, tgid, 0);
     }
     Ok(())

@@ -1,3 +1,395 @@
 //! The `LD_PRELOAD` library that lives inside the target and forks it at a
-//! checkpoint. `forkmon trace` does not need it; `forkmon run` will load it
-//! (see DESIGN.md, "The mechanism").
+//! checkpoint.
+//!
+//! Flow (DESIGN.md, "The mechanism"): the constructor installs the signal
+//! handler, registers the process with forkmon (its own eventfd over the
+//! inherited registration socket) and waits for "go", so forkmon has armed
+//! the process before the program runs. When the program opens a file that
+//! may match the filter, the eBPF program signals the thread on its way out
+//! of the syscall; the handler (RAX holds the new fd) asks forkmon for a
+//! verdict on its eventfd, and on "checkpoint" forks: the parent stays in
+//! the handler as the checkpoint, the child re-opens the file onto the same
+//! fd and returns to the program.
+//!
+//! Everything after the constructor runs in a signal handler, so it only
+//! makes raw, async-signal-safe calls: no allocation, no locks, no std I/O.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use core::{
+    mem::{MaybeUninit, size_of, zeroed},
+    ptr,
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
+};
+
+use forkmon_common::stub::{
+    CMD_CHECKPOINT, CMD_GO, CMD_RESUME, ENV_FLUSH, ENV_SOCKET, MSG_CHILD, MSG_EXITED, MSG_FAILED,
+    MSG_HELLO, Message, SIGNAL,
+};
+
+/// The registration socket shared by the whole tree.
+static SOCKET: AtomicI32 = AtomicI32::new(-1);
+/// This process's own command channel.
+static EVENTFD: AtomicI32 = AtomicI32::new(-1);
+static FLUSH: AtomicBool = AtomicBool::new(false);
+
+const SI_KERNEL: i32 = 0x80;
+
+unsafe extern "C" {
+    /// glibc ≥ 2.34: fork without atfork handlers or stdio/malloc locks,
+    /// async-signal-safe.
+    fn _Fork() -> libc::pid_t;
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONSTRUCTOR: extern "C" fn() = init;
+
+extern "C" fn init() {
+    // SAFETY: runs once at load, before the program's main, single-threaded.
+    unsafe { init_unsafe() }
+}
+
+/// A non-negative integer from the environment.
+unsafe fn env_int(name: &str) -> Option<i32> {
+    let mut key = [0u8; 64];
+    key[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: key is NUL-terminated; getenv is fine in a constructor.
+    let value = unsafe { libc::getenv(key.as_ptr().cast()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returns a NUL-terminated string.
+    let n = unsafe { libc::atoi(value) };
+    (n >= 0).then_some(n)
+}
+
+unsafe fn init_unsafe() {
+    // The environment, the socket and the library's memfd stay as they are:
+    // a program the target execs (a shim exec'ing the real interpreter, a
+    // subprocess) loads the stub too and registers; forkmon decides which
+    // registrations to arm.
+    // SAFETY: constructor context.
+    let Some(socket) = (unsafe { env_int(ENV_SOCKET) }) else {
+        return; // not started by forkmon: stay inert
+    };
+    // SAFETY: constructor context.
+    FLUSH.store(unsafe { env_int(ENV_FLUSH) } == Some(1), Ordering::Relaxed);
+    SOCKET.store(socket, Ordering::Relaxed);
+
+    // SAFETY: installing a handler with a zeroed, then filled, sigaction.
+    unsafe {
+        let mut action: libc::sigaction = zeroed();
+        action.sa_sigaction = handler as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(SIGNAL as i32, &action, ptr::null_mut()) != 0 {
+            return;
+        }
+    }
+    let message = Message {
+        kind: MSG_HELLO,
+        // SAFETY: getpid has no preconditions.
+        pid: unsafe { libc::getpid() },
+        ..Message::default()
+    };
+    // SAFETY: plain syscalls.
+    unsafe {
+        if register(&message).is_some() {
+            wait_command();
+        }
+    }
+}
+
+/// Creates this process's eventfd and sends it with `message`; returns it.
+unsafe fn register(message: &Message) -> Option<i32> {
+    // SAFETY: plain syscalls on fds we own.
+    unsafe {
+        let eventfd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        if eventfd < 0 {
+            return None;
+        }
+        let old = EVENTFD.swap(eventfd, Ordering::Relaxed);
+        if old >= 0 {
+            // The parent checkpoint's channel, inherited by the fork.
+            libc::close(old);
+        }
+        send(message, Some(eventfd)).then_some(eventfd)
+    }
+}
+
+/// Sends one message on the registration socket, with an fd if given.
+unsafe fn send(message: &Message, fd: Option<i32>) -> bool {
+    // Room for one SCM_RIGHTS fd, aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: (message as *const Message).cast_mut().cast(),
+        iov_len: size_of::<Message>(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    unsafe {
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            let space = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+            ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        }
+        loop {
+            let sent = libc::sendmsg(SOCKET.load(Ordering::Relaxed), &msg, libc::MSG_NOSIGNAL);
+            if sent >= 0 {
+                return true;
+            }
+            if *libc::__errno_location() != libc::EINTR {
+                return false;
+            }
+        }
+    }
+}
+
+/// Blocks until forkmon writes a command on this process's eventfd. If
+/// forkmon is gone, there is no one to wait for: exit.
+unsafe fn wait_command() -> u64 {
+    let mut value = 0u64;
+    loop {
+        // SAFETY: reading 8 bytes into a u64 from our eventfd.
+        let got = unsafe {
+            libc::read(
+                EVENTFD.load(Ordering::Relaxed),
+                (&mut value as *mut u64).cast(),
+                8,
+            )
+        };
+        if got == 8 {
+            return value;
+        }
+        // SAFETY: errno location is thread-local and always valid.
+        if got < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+            continue;
+        }
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(127) };
+    }
+}
+
+extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passes valid siginfo and ucontext pointers.
+    unsafe {
+        // Only the eBPF program's signal counts, never a kill() from anyone.
+        if (*info).si_code != SI_KERNEL {
+            return;
+        }
+        let Some(fd) = opened_fd(context.cast()) else {
+            return;
+        };
+        let saved_errno = *libc::__errno_location();
+        match wait_command() {
+            CMD_CHECKPOINT => checkpoint(fd),
+            CMD_GO => {}
+            _ => {}
+        }
+        *libc::__errno_location() = saved_errno;
+    }
+}
+
+/// The fd the interrupted open returned: the syscall's return register.
+unsafe fn opened_fd(context: *const libc::ucontext_t) -> Option<i32> {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: context is the handler's ucontext.
+    let ret = unsafe { (*context).uc_mcontext.gregs[libc::REG_RAX as usize] };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: context is the handler's ucontext.
+    let ret = unsafe { (*context).uc_mcontext.regs[0] as i64 };
+    i32::try_from(ret).ok().filter(|fd| *fd >= 0)
+}
+
+/// What the child needs to re-open the file on its own file description.
+struct OpenFile {
+    path: [u8; libc::PATH_MAX as usize + 1],
+    status_flags: i32,
+    cloexec: bool,
+}
+
+unsafe fn capture(fd: i32) -> Option<OpenFile> {
+    let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    write_decimal(&mut link[14..], fd);
+    let mut file = OpenFile {
+        path: [0; libc::PATH_MAX as usize + 1],
+        status_flags: 0,
+        cloexec: false,
+    };
+    // SAFETY: plain syscalls into buffers we own; readlink leaves room for
+    // the NUL we keep at the end.
+    unsafe {
+        let len = libc::readlink(
+            link.as_ptr().cast(),
+            file.path.as_mut_ptr().cast(),
+            libc::PATH_MAX as usize,
+        );
+        if len <= 0 {
+            return None;
+        }
+        file.status_flags = libc::fcntl(fd, libc::F_GETFL);
+        file.cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    }
+    Some(file)
+}
+
+fn write_decimal(out: &mut [u8], mut n: i32) {
+    let mut digits = [0u8; 11];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..len].iter().rev().enumerate() {
+        out[i] = *d;
+    }
+    out[len] = 0;
+}
+
+/// Becomes a checkpoint: fork a child that goes on, then wait; on each
+/// RESUME, fork a fresh child. Returns only in a child (or on failure).
+unsafe fn checkpoint(fd: i32) {
+    // SAFETY: all calls below are raw syscalls on our own fds and buffers.
+    unsafe {
+        let me = libc::getpid();
+        let Some(file) = capture(fd) else {
+            fail(me, fd, libc::EBADF);
+            return;
+        };
+        if FLUSH.load(Ordering::Relaxed) {
+            // Not async-signal-safe in general, but the program is inside
+            // open(), not inside stdio; opt-in and documented.
+            libc::fflush(ptr::null_mut());
+        }
+        loop {
+            let child = _Fork();
+            if child < 0 {
+                fail(me, fd, *libc::__errno_location());
+                return;
+            }
+            if child == 0 {
+                become_child(me, fd, &file);
+                return;
+            }
+            if !wait_for_resume(me, child) {
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
+unsafe fn fail(me: i32, fd: i32, errno: i32) {
+    let message = Message {
+        kind: MSG_FAILED,
+        pid: me,
+        fd,
+        status: errno,
+        ..Message::default()
+    };
+    // SAFETY: a plain sendmsg.
+    unsafe { send(&message, None) };
+}
+
+/// In the fresh child: die with the checkpoint, re-open the file so it has
+/// its own offset, register, and wait for forkmon's go.
+unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile) {
+    // SAFETY: raw syscalls on our fds and buffers.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != checkpoint {
+            libc::_exit(127);
+        }
+        // Not armed yet, so this open is not signalled again.
+        let flags = file.status_flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+        let fresh = libc::open(file.path.as_ptr().cast(), flags | libc::O_CLOEXEC);
+        if fresh >= 0 {
+            let dup_flags = if file.cloexec { libc::O_CLOEXEC } else { 0 };
+            libc::dup3(fresh, fd, dup_flags);
+            libc::close(fresh);
+        } else {
+            // The file is gone: read the old content from the start rather
+            // than from where a previous child left the shared offset.
+            libc::lseek(fd, 0, libc::SEEK_SET);
+        }
+        let message = Message {
+            kind: MSG_CHILD,
+            pid: libc::getpid(),
+            checkpoint,
+            fd,
+            ..Message::default()
+        };
+        if register(&message).is_none() {
+            libc::_exit(127);
+        }
+        wait_command();
+    }
+}
+
+/// In the checkpoint: report the child's exit if it ends on its own, and
+/// wait for RESUME (true) — or for forkmon to go away (false).
+unsafe fn wait_for_resume(me: i32, child: i32) -> bool {
+    // SAFETY: raw syscalls on our fds.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, child, 0) as i32;
+        let eventfd = EVENTFD.load(Ordering::Relaxed);
+        let mut child_reaped = false;
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: eventfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if child_reaped { -1 } else { pidfd },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                if *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                return false;
+            }
+            if fds[1].revents != 0 && !child_reaped {
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0);
+                child_reaped = true;
+                let message = Message {
+                    kind: MSG_EXITED,
+                    pid: child,
+                    checkpoint: me,
+                    status,
+                    ..Message::default()
+                };
+                send(&message, None);
+            }
+            if fds[0].revents != 0 {
+                let command = wait_command();
+                if command == CMD_RESUME {
+                    if !child_reaped {
+                        // forkmon killed the subtree; collect the child.
+                        let mut status = MaybeUninit::<i32>::uninit();
+                        libc::waitpid(child, status.as_mut_ptr(), 0);
+                    }
+                    if pidfd >= 0 {
+                        libc::close(pidfd);
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+}

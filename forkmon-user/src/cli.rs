@@ -24,6 +24,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run PROGRAM; checkpoint it at each file it opens that matches the
+    /// filter, and resume it from there when that file changes (the
+    /// default: `forkmon -- PROGRAM` is `forkmon run -- PROGRAM`).
+    #[command(after_help = "Examples:\n  \
+                            sudo forkmon run -- lua5.4 main.lua\n  \
+                            sudo forkmon --filter '*.py' -- python3 app.py\n  \
+                            sudo FORKMON_FILTER='%.lua$' forkmon -- lua5.4 main.lua\n\n\
+                            Without --filter or FORKMON_FILTER, the filter is: regular files \
+                            under the current directory. Only files opened read-only are \
+                            checkpointed. The program keeps running after it finishes, \
+                            waiting for changes; Ctrl-C ends it.")]
+    Run(RunArgs),
     /// Run PROGRAM and print every file its process tree opens, as it happens.
     #[command(after_help = "Examples:\n  \
                             sudo forkmon trace -- python3 -c 'import json'\n  \
@@ -51,6 +63,71 @@ pub struct TraceArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Checkpoint at files matching GLOB (repeatable; `!GLOB` excludes). A
+    /// glob without `/` matches file names anywhere (`*.lua`); one starting
+    /// with `/` the absolute path; others are relative to the current
+    /// directory (`src/**/*.rs`).
+    #[arg(long = "filter", value_name = "GLOB", allow_hyphen_values = true)]
+    pub globs: Vec<String>,
+
+    /// Lua patterns, `;`-separated, matched against the absolute path, as in
+    /// the C forkmon (e.g. `%.lua$`).
+    #[arg(long = "lua-filter", value_name = "PATTERNS", env = "FORKMON_FILTER")]
+    pub lua_filter: Option<String>,
+
+    /// Print nothing of forkmon's own.
+    #[arg(short, long, env = "FORKMON_QUIET")]
+    pub quiet: bool,
+
+    /// No colors (also NO_COLOR; colors are only used on a terminal).
+    #[arg(long, env = "FORKMON_NO_COLORS")]
+    pub no_color: bool,
+
+    /// Milliseconds to wait after a change before resuming, so the editor
+    /// has finished writing.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "FORKMON_RESTART_DELAY",
+        default_value_t = 50,
+        allow_hyphen_values = true
+    )]
+    pub restart_delay: u64,
+
+    /// Milliseconds after a resume during which further changes wait; they
+    /// are applied when the window ends, never dropped.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "FORKMON_IGNORE_DELAY",
+        default_value_t = 200,
+        allow_hyphen_values = true
+    )]
+    pub ignore_delay: u64,
+
+    /// Flush the program's C stdio buffers at each checkpoint (and run
+    /// Python unbuffered), so output written before a checkpoint is not
+    /// printed again by every resumed run.
+    #[arg(long, env = "FORKMON_FLUSH")]
+    pub flush: bool,
+
+    #[command(flatten)]
+    pub program: ProgramArgs,
+}
+
+/// The subcommand used when none is named: `forkmon -- PROGRAM`.
+pub fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
+    const KNOWN: &[&str] = &["run", "trace", "help", "-h", "--help", "-V", "--version"];
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some(first) if KNOWN.contains(&first) => {}
+        None => {}
+        Some(_) => args.insert(1, "run".into()),
+    }
+    args
+}
+
+#[derive(Debug, Args)]
 pub struct ProgramArgs {
     /// The program to run, and its arguments.
     #[arg(
@@ -75,9 +152,41 @@ mod tests {
     fn program_args_are_passed_through_untouched() {
         let cli = Cli::try_parse_from(["forkmon", "trace", "--json", "--", "ls", "-l", "--json"])
             .unwrap();
-        let Command::Trace(args) = cli.command;
+        let Command::Trace(args) = cli.command else {
+            panic!("trace parsed as {:?}", cli.command);
+        };
         assert!(args.json);
         assert_eq!(args.program.argv, ["ls", "-l", "--json"]);
+    }
+
+    #[test]
+    fn run_is_the_default_subcommand() {
+        let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        for given in [
+            &["forkmon", "--", "lua5.4", "main.lua"][..],
+            &["forkmon", "--filter", "*.lua", "--", "lua5.4", "main.lua"],
+            &["forkmon", "lua5.4", "main.lua"],
+        ] {
+            let cli = Cli::try_parse_from(with_default_subcommand(argv(given))).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("{given:?} parsed as {:?}", cli.command);
+            };
+            assert_eq!(args.program.argv, ["lua5.4", "main.lua"]);
+        }
+        let trace = with_default_subcommand(argv(&["forkmon", "trace", "--", "ls"]));
+        assert_eq!(trace, argv(&["forkmon", "trace", "--", "ls"]));
+    }
+
+    #[test]
+    fn bad_delays_are_refused_naming_the_flag() {
+        let err = Cli::try_parse_from(["forkmon", "run", "--restart-delay", "-5", "--", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--restart-delay"), "{err}");
+        let err = Cli::try_parse_from(["forkmon", "run", "--ignore-delay", "soon", "--", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--ignore-delay"), "{err}");
     }
 
     #[test]

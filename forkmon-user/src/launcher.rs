@@ -191,9 +191,20 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, LaunchError> {
     not_executable.ok_or(LaunchError::NotFound(display))
 }
 
-/// Forks a child that waits for [`Paused::release`], then drops to `user`,
-/// arranges to die with forkmon, and execs `argv`.
-pub fn spawn_paused(argv: &[OsString], user: Option<&TargetUser>) -> Result<Paused, LaunchError> {
+/// What the program is started with besides its arguments.
+#[derive(Default)]
+pub struct Setup<'a> {
+    pub user: Option<&'a TargetUser>,
+    /// Added to (or replacing in) forkmon's environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Fds (close-on-exec in forkmon) the program inherits, same numbers.
+    pub inherit: Vec<std::os::fd::RawFd>,
+}
+
+/// Forks a child that waits for [`Paused::release`], then drops to the
+/// setup's user, arranges to die with forkmon, and execs `argv`.
+pub fn spawn_paused(argv: &[OsString], setup: &Setup) -> Result<Paused, LaunchError> {
+    let user = setup.user;
     let program_name = argv[0].to_string_lossy().into_owned();
     let path = resolve_program(&argv[0])?;
     let nul = |s: &OsStr| {
@@ -205,6 +216,12 @@ pub fn spawn_paused(argv: &[OsString], user: Option<&TargetUser>) -> Result<Paus
     let c_argv = argv.iter().map(|a| nul(a)).collect::<Result<Vec<_>, _>>()?;
     let mut argv_ptrs: Vec<*const libc::c_char> = c_argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
+    let c_env = environment(&setup.env)
+        .iter()
+        .map(|kv| nul(kv))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env_ptrs: Vec<*const libc::c_char> = c_env.iter().map(|kv| kv.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
     let system = |e| LaunchError::System(program_name.clone(), e);
     let (go_read, go_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(system)?;
     let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(system)?;
@@ -216,7 +233,15 @@ pub fn spawn_paused(argv: &[OsString], user: Option<&TargetUser>) -> Result<Paus
         ForkResult::Child => {
             drop(go_write);
             drop(err_read);
-            let code = child_exec(&go_read, parent, user, &c_path, &argv_ptrs);
+            let code = child_exec(
+                &go_read,
+                parent,
+                user,
+                &setup.inherit,
+                &c_path,
+                &argv_ptrs,
+                &env_ptrs,
+            );
             let _ = nix::unistd::write(&err_write, &code.to_ne_bytes());
             // SAFETY: _exit is async-signal-safe and skips atexit handlers
             // that belong to the parent.
@@ -238,8 +263,10 @@ fn child_exec(
     go: &OwnedFd,
     parent: Pid,
     user: Option<&TargetUser>,
+    inherit: &[std::os::fd::RawFd],
     path: &CString,
     argv: &[*const libc::c_char],
+    env: &[*const libc::c_char],
 ) -> i32 {
     let mut byte = [0u8; 1];
     loop {
@@ -269,9 +296,27 @@ fn child_exec(
         }
         // Rust ignores SIGPIPE; the program expects the default.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::execv(path.as_ptr(), argv.as_ptr());
+        for &fd in inherit {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        }
+        libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
     }
     Errno::last_raw()
+}
+
+/// forkmon's environment with `extra` applied, as `KEY=VALUE` strings.
+fn environment(extra: &[(OsString, OsString)]) -> Vec<OsString> {
+    let mut vars: Vec<(OsString, OsString)> = env::vars_os()
+        .filter(|(key, _)| !extra.iter().any(|(k, _)| k == key))
+        .collect();
+    vars.extend(extra.iter().cloned());
+    vars.into_iter()
+        .map(|(mut key, value)| {
+            key.push("=");
+            key.push(value);
+            key
+        })
+        .collect()
 }
 
 #[cfg(test)]

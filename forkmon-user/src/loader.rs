@@ -7,11 +7,11 @@ use std::{fs, io, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use aya_log::EbpfLogger;
-use forkmon_common::{global, stat};
+use forkmon_common::{PrefilterConfig, global, stat};
 use log::{debug, warn};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -61,6 +61,8 @@ pub struct Probes {
     /// Keeps the programs attached; dropping it detaches them.
     _ebpf: Ebpf,
     pub tracked: HashMap<MapData, u32, u8>,
+    armed: HashMap<MapData, u32, u8>,
+    prefilter: Array<MapData, PrefilterConfig>,
     events: Option<RingBuf<MapData>>,
     pub stats: PerCpuArray<MapData, u64>,
     /// Messages from `aya_log_ebpf`; absent if the object logs nothing.
@@ -120,11 +122,15 @@ impl Probes {
         }
 
         let tracked = take_map(&mut ebpf, "TRACKED")?;
+        let armed = take_map(&mut ebpf, "ARMED")?;
+        let prefilter = take_map(&mut ebpf, "PREFILTER")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
         let stats = take_map(&mut ebpf, "STATS")?;
         Ok(Probes {
             _ebpf: ebpf,
             tracked,
+            armed,
+            prefilter,
             events: Some(events),
             stats,
             logger,
@@ -141,6 +147,21 @@ impl Probes {
         self.tracked
             .insert(pid, 1, 0)
             .map_err(|e| LoadError::Map("TRACKED", Box::new(e)))
+    }
+
+    /// Let the kernel signal `pid` at candidate opens: its stub's handler
+    /// is installed and it has registered.
+    pub fn arm(&mut self, pid: u32) -> Result<(), LoadError> {
+        self.armed
+            .insert(pid, 1, 0)
+            .map_err(|e| LoadError::Map("ARMED", Box::new(e)))
+    }
+
+    /// Which opens of armed processes are signalled.
+    pub fn set_prefilter(&mut self, config: &PrefilterConfig) -> Result<(), LoadError> {
+        self.prefilter
+            .set(0, config, 0)
+            .map_err(|e| LoadError::Map("PREFILTER", Box::new(e)))
     }
 
     pub fn untrack(&mut self, pid: u32) {

@@ -4,22 +4,45 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+mod cgroup;
+mod channel;
 mod cli;
 mod events;
+mod filter;
 mod launcher;
 mod loader;
 mod output;
 mod paths;
+mod run;
 mod trace;
+mod watcher;
 
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The cgroup watchdog is forkmon re-executed: dispatch before anything
+    // opens files or starts threads.
+    if args.get(1).is_some_and(|a| a == cgroup::WATCHDOG_ARG) {
+        cgroup::watchdog_main(args.into_iter().skip(2));
+    }
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("FORKMON_LOG", "warn"))
         .format_timestamp(None)
         .format_target(false)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(cli::with_default_subcommand(args)) {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line naming the problem; clap's full text adds a usage
+            // block users of a bad flag value do not need.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("forkmon: {}", first.trim_start_matches("error: "));
+            eprintln!("Try 'forkmon --help' for more information.");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -33,6 +56,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => trace::trace(args).await,
+            Command::Run(args) => run::run(args).await,
         }
     });
     match result {

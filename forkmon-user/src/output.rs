@@ -89,6 +89,73 @@ impl OpenLine {
     }
 }
 
+/// forkmon's own messages during `run`, in the C forkmon's words, on
+/// standard error.
+pub struct Reporter {
+    quiet: bool,
+    color: bool,
+}
+
+impl Reporter {
+    pub fn new(quiet: bool, color: bool) -> Reporter {
+        Reporter { quiet, color }
+    }
+
+    fn say(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.color {
+            eprintln!("\x1b[1;36m[forkmon]\x1b[0m {text}");
+        } else {
+            eprintln!("[forkmon] {text}");
+        }
+    }
+
+    pub fn watch(&self, file: &std::path::Path) {
+        self.say(&format!("watch '{}'", file.display()));
+    }
+
+    pub fn changed(&self, file: &std::path::Path) {
+        self.say(&format!(
+            "file '{}' changed, resuming from it..",
+            file.display()
+        ));
+    }
+
+    /// The program (the running child) ended; forkmon waits for changes.
+    pub fn exited(&self, wait_status: i32) {
+        self.say(&format!(
+            "{}, waiting for changes..",
+            describe_wait_status(wait_status)
+        ));
+    }
+
+    /// The program ended before any checkpoint: nothing to wait for.
+    pub fn exited_for_good(&self, code: i32, filter: &str) {
+        self.say(&format!(
+            "program exited with status {code} before opening any file to watch ({filter})"
+        ));
+    }
+
+    pub fn warn(&self, text: &str) {
+        self.say(text);
+    }
+}
+
+/// "program exited with status 0" / "program was killed by SIGSEGV".
+pub fn describe_wait_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("program exited with status {}", libc::WEXITSTATUS(status))
+    } else {
+        let signal = libc::WTERMSIG(status);
+        match nix::sys::signal::Signal::try_from(signal) {
+            Ok(signal) => format!("program was killed by {signal}"),
+            Err(_) => format!("program was killed by signal {signal}"),
+        }
+    }
+}
+
 /// `-2` → `ENOENT`.
 pub fn errno_name(ret: i64) -> String {
     let code = i32::try_from(-ret).unwrap_or(0);
@@ -156,6 +223,15 @@ mod tests {
         assert_eq!(
             open_flags((libc::O_RDWR | libc::O_TMPFILE) as u64),
             "O_RDWR|O_TMPFILE"
+        );
+    }
+
+    #[test]
+    fn describes_wait_statuses() {
+        assert_eq!(describe_wait_status(3 << 8), "program exited with status 3");
+        assert_eq!(
+            describe_wait_status(libc::SIGSEGV),
+            "program was killed by SIGSEGV"
         );
     }
 

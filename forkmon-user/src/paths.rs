@@ -10,10 +10,12 @@ use std::{
     ffi::OsStr,
     fs,
     os::unix::ffi::OsStrExt as _,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use forkmon_common::{OpenRecord, path_state};
+
+use crate::filter::absolute_lexical;
 
 #[derive(Default)]
 struct ProcessPaths {
@@ -56,10 +58,10 @@ impl PathResolver {
         let pid = record.tgid;
         let path = Path::new(OsStr::from_bytes(record.path_bytes()));
         let resolved = if path.is_absolute() {
-            Some(lexically_clean(path))
+            Some(absolute_lexical(Path::new("/"), path))
         } else {
             self.base_dir(pid, record.dirfd)
-                .map(|base| lexically_clean(&base.join(path)))
+                .map(|base| absolute_lexical(&base, path))
         };
         if let (Some(abs), Ok(fd)) = (&resolved, i32::try_from(record.ret)) {
             self.processes
@@ -86,14 +88,6 @@ impl PathResolver {
     }
 }
 
-/// Drops `.` components and doubled slashes; keeps `..`, which only the
-/// file system can resolve correctly (symlinks).
-fn lexically_clean(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +106,7 @@ mod tests {
             dirfd,
             path_len: path.len() as u32,
             path_state: 0,
-            _pad: 0,
+            signalled: 0,
             comm: [0; 16],
             path: [0; PATH_MAX],
         };

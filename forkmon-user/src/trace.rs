@@ -52,7 +52,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    let paused = launcher::spawn_paused(&args.program.argv, user.as_ref())?;
+    let setup = launcher::Setup {
+        user: user.as_ref(),
+        ..Default::default()
+    };
+    let paused = launcher::spawn_paused(&args.program.argv, &setup)?;
     let pid = paused.pid();
     probes.track(pid.as_raw() as u32)?;
     let start_ns = monotonic_ns();

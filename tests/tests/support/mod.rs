@@ -11,6 +11,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod live;
+
 pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -68,10 +70,19 @@ static FIXTURE_BUILD: Mutex<()> = Mutex::new(());
 
 /// Compiles `tests/fixtures/NAME.c` (once per change) and returns the binary.
 pub fn fixture(name: &str) -> PathBuf {
+    build_fixture(name, "c")
+}
+
+/// Compiles `tests/fixtures/NAME.rs` with rustc.
+pub fn rust_fixture(name: &str) -> PathBuf {
+    build_fixture(name, "rs")
+}
+
+fn build_fixture(name: &str, ext: &str) -> PathBuf {
     let _guard = FIXTURE_BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let source = workspace_dir()
         .join("tests/fixtures")
-        .join(format!("{name}.c"));
+        .join(format!("{name}.{ext}"));
     let out_dir = workspace_dir().join("target/fixtures");
     fs::create_dir_all(&out_dir).unwrap();
     let binary = out_dir.join(name);
@@ -82,12 +93,23 @@ pub fn fixture(name: &str) -> PathBuf {
     if !fresh {
         // Built beside and renamed: another test binary may be running it.
         let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
-        let status = Command::new("cc")
-            .args(["-O1", "-Wall", "-o"])
+        let mut cc = match ext {
+            "rs" => {
+                let mut rustc = Command::new("rustc");
+                rustc.args(["-O", "--edition", "2024", "-o"]);
+                rustc
+            }
+            _ => {
+                let mut cc = Command::new("cc");
+                cc.args(["-O1", "-Wall", "-pthread", "-o"]);
+                cc
+            }
+        };
+        let status = cc
             .arg(&tmp)
             .arg(&source)
             .status()
-            .expect("cc (gcc) is needed to build test fixtures");
+            .expect("cc (gcc) and rustc are needed to build test fixtures");
         assert!(status.success(), "compiling {}", source.display());
         fs::rename(&tmp, &binary).unwrap();
     }

@@ -1,0 +1,1403 @@
+//! Which opened files become checkpoints.
+//!
+//! Two layers decide it:
+//! - [`Filter::matches`], in user space, on the lexically cleaned absolute
+//!   path of the opened file (see [`absolute_lexical`]);
+//! - [`Prefilter`], derived from the filter, which the eBPF program runs on
+//!   the path bytes as passed to `open()` so that opens which cannot match
+//!   are never signalled. It may accept more than the filter, never less.
+//!
+//! Filters come from `--filter GLOB` (repeatable, `!GLOB` excludes) and from
+//! the C-forkmon compatible `FORKMON_FILTER` (Lua patterns separated by `;`).
+//! With neither, the filter is "files under the base directory" (the
+//! directory forkmon was started in).
+//!
+//! Lua patterns are matched by the small port of Lua 5.4's matcher in
+//! [`lua`] rather than by the `lua-patterns` crate: the crate panics on
+//! ordinary inputs ("pattern too complex" once 200 partial matches have been
+//! tried, e.g. `ab` against 200 `a`s, or any pattern of 200+ items), reads
+//! past the end of its buffers, and writes into the subject on
+//! back-references. The crate remains a test oracle.
+use std::{
+    os::unix::ffi::OsStrExt,
+    path::{Component, Path, PathBuf},
+};
+
+use globset::{GlobBuilder, GlobMatcher};
+
+pub use forkmon_common::{
+    PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN, PREFILTER_SUFFIX_LEN,
+};
+
+/// A filter the user wrote that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("invalid --filter glob '{glob}': {reason}; use e.g. '*.lua'")]
+    Glob { glob: String, reason: String },
+    #[error(
+        "invalid FORKMON_FILTER pattern '{pattern}': {reason}; see Lua patterns, e.g. '%.lua$'"
+    )]
+    LuaPattern { pattern: String, reason: String },
+}
+
+/// `base.join(passed)` with `.` components and doubled slashes removed; `..`
+/// is kept, since resolving it needs the file system (symlinks). This is the
+/// path [`Filter::matches`] expects for a path passed to `open()`.
+pub fn absolute_lexical(base: &Path, passed: &Path) -> PathBuf {
+    clean(&base.join(passed))
+}
+
+fn clean(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+/// The user's choice of files to checkpoint at.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    base: PathBuf,
+    includes: Vec<PathGlob>,
+    excludes: Vec<PathGlob>,
+    lua: Vec<String>,
+}
+
+impl Filter {
+    /// `globs` are `--filter` values (`!` excludes), `lua_patterns` is
+    /// `FORKMON_FILTER`, `base` the absolute directory forkmon started in.
+    pub fn new(
+        globs: &[String],
+        lua_patterns: Option<&str>,
+        base: &Path,
+    ) -> Result<Filter, FilterError> {
+        let mut includes = Vec::new();
+        let mut excludes = Vec::new();
+        for glob in globs {
+            match glob.strip_prefix('!') {
+                Some(excluded) => excludes.push(PathGlob::new(excluded, glob)?),
+                None => includes.push(PathGlob::new(glob, glob)?),
+            }
+        }
+        let lua = lua_patterns
+            .into_iter()
+            .flat_map(|patterns| patterns.split(';'))
+            .filter(|pattern| !pattern.is_empty())
+            .map(|pattern| {
+                lua::parse(pattern.as_bytes())
+                    .map(|_| pattern.to_owned())
+                    .map_err(|reason| FilterError::LuaPattern {
+                        pattern: pattern.to_owned(),
+                        reason,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Filter {
+            base: clean(base),
+            includes,
+            excludes,
+            lua,
+        })
+    }
+
+    /// Whether the file at `abs_path` (absolute, lexically cleaned) is one
+    /// to checkpoint at.
+    pub fn matches(&self, abs_path: &Path) -> bool {
+        self.is_included(abs_path)
+            && !self
+                .excludes
+                .iter()
+                .any(|glob| glob.matches(abs_path, &self.base))
+    }
+
+    fn is_included(&self, abs_path: &Path) -> bool {
+        if self.is_default() {
+            return abs_path.starts_with(&self.base) && abs_path != self.base;
+        }
+        let bytes = abs_path.as_os_str().as_bytes();
+        self.includes
+            .iter()
+            .any(|glob| glob.matches(abs_path, &self.base))
+            || self.lua.iter().any(|pattern| lua_matches(pattern, bytes))
+    }
+
+    /// Only excludes (or nothing) given: they narrow the default.
+    fn is_default(&self) -> bool {
+        self.includes.is_empty() && self.lua.is_empty()
+    }
+
+    /// One line for logs, e.g. `files under /home/u/p` or
+    /// `*.lua, lua:%.rs$, !vendor/**`.
+    pub fn describe(&self) -> String {
+        let default = self
+            .is_default()
+            .then(|| format!("files under {}", self.base.display()));
+        default
+            .into_iter()
+            .chain(self.includes.iter().map(|glob| glob.text.clone()))
+            .chain(self.lua.iter().map(|pattern| format!("lua:{pattern}")))
+            .chain(self.excludes.iter().map(|glob| glob.text.clone()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The kernel's share of the work. Only includes contribute: excludes
+    /// merely narrow, which a prefilter may ignore.
+    pub fn prefilter(&self) -> Prefilter {
+        if self.is_default() {
+            let mut prefix = self.base.as_os_str().as_bytes().to_vec();
+            if !prefix.ends_with(b"/") {
+                prefix.push(b'/');
+            }
+            return Prefilter::from_rules([Rule::prefix(&prefix)]);
+        }
+        let globs = self.includes.iter().map(PathGlob::rule);
+        let lua = self.lua.iter().map(|pattern| lua_rule(pattern));
+        Prefilter::from_rules(globs.chain(lua))
+    }
+}
+
+fn lua_matches(pattern: &str, subject: &[u8]) -> bool {
+    match lua::find(pattern.as_bytes(), subject) {
+        Ok(found) => found.is_some(),
+        Err(lua::TooComplex) => {
+            log::warn!("FORKMON_FILTER pattern '{pattern}' is too complex; treating as no match");
+            false
+        }
+    }
+}
+
+/// What part of the path a glob is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// No `/`: the file name, in any directory.
+    Name,
+    /// Starts with `/`: the whole absolute path.
+    Absolute,
+    /// Other globs with a `/`: the path below the base directory.
+    Relative,
+}
+
+#[derive(Debug, Clone)]
+struct PathGlob {
+    /// As the user wrote it, `!` included, for messages.
+    text: String,
+    scope: Scope,
+    matcher: GlobMatcher,
+}
+
+impl PathGlob {
+    fn new(glob: &str, text: &str) -> Result<PathGlob, FilterError> {
+        let error = |reason: String| FilterError::Glob {
+            glob: text.to_owned(),
+            reason,
+        };
+        let scope = if glob.starts_with('/') {
+            Scope::Absolute
+        } else if glob.contains('/') {
+            Scope::Relative
+        } else {
+            Scope::Name
+        };
+        // `./src/*.rs` means `src/*.rs`, but is still relative to the base.
+        let mut pattern = glob;
+        while let Some(rest) = pattern.strip_prefix("./") {
+            pattern = rest;
+        }
+        if pattern.is_empty() {
+            return Err(error("empty pattern".to_owned()));
+        }
+        let matcher = GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| error(e.kind().to_string()))?
+            .compile_matcher();
+        Ok(PathGlob {
+            text: text.to_owned(),
+            scope,
+            matcher,
+        })
+    }
+
+    fn matches(&self, abs_path: &Path, base: &Path) -> bool {
+        match self.scope {
+            Scope::Name => abs_path
+                .file_name()
+                .is_some_and(|name| self.matcher.is_match(name)),
+            Scope::Absolute => self.matcher.is_match(abs_path),
+            Scope::Relative => abs_path
+                .strip_prefix(base)
+                .is_ok_and(|below| self.matcher.is_match(below)),
+        }
+    }
+
+    /// Every match ends with the glob's final literal run, and that run lies
+    /// after its last `/`, so within the file name — which is also how the
+    /// path as passed ends, relative or not.
+    fn rule(&self) -> Rule {
+        let glob = self.text.as_bytes();
+        let start = glob
+            .iter()
+            .rposition(|b| b"/*?[]{}\\".contains(b))
+            .map_or(0, |i| i + 1);
+        Rule::suffix(&glob[start..])
+    }
+}
+
+/// A `$`-anchored literal tail gives a suffix (cut to the file name, as a
+/// relative path as passed has no directories); failing that, a `^`-anchored
+/// literal head gives a prefix.
+fn lua_rule(pattern: &str) -> Rule {
+    let Ok(items) = lua::parse(pattern.as_bytes()) else {
+        return Rule::AcceptAll;
+    };
+    let tail = lua::literal_tail(&items);
+    let name_tail = match tail.iter().rposition(|&b| b == b'/') {
+        Some(slash) => &tail[slash + 1..],
+        None => &tail[..],
+    };
+    if !name_tail.is_empty() {
+        return Rule::suffix(name_tail);
+    }
+    if pattern.starts_with('^') {
+        return Rule::prefix(&lua::literal_head(&items));
+    }
+    Rule::AcceptAll
+}
+
+/// One include's contribution to the prefilter.
+enum Rule {
+    AcceptAll,
+    Suffix(Vec<u8>),
+    Prefix(Vec<u8>),
+}
+
+impl Rule {
+    /// A shorter suffix is implied by a longer one, so truncating is sound.
+    fn suffix(tail: &[u8]) -> Rule {
+        if tail.is_empty() {
+            return Rule::AcceptAll;
+        }
+        Rule::Suffix(tail[tail.len().saturating_sub(PREFILTER_SUFFIX_LEN)..].to_vec())
+    }
+
+    /// Likewise for prefixes.
+    fn prefix(head: &[u8]) -> Rule {
+        if head.is_empty() {
+            return Rule::AcceptAll;
+        }
+        Rule::Prefix(head[..head.len().min(PREFILTER_PREFIX_LEN)].to_vec())
+    }
+}
+
+/// The kernel prefilter's configuration, and the reference implementation
+/// of its test (`forkmon-ebpf/src/prefilter.rs` must agree with
+/// [`Prefilter::may_match`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefilter {
+    pub accept_all: bool,
+    /// Each 1..=PREFILTER_SUFFIX_LEN bytes, at most PREFILTER_MAX_SUFFIXES.
+    pub suffixes: Vec<Vec<u8>>,
+    /// Each 1..=PREFILTER_PREFIX_LEN bytes, at most PREFILTER_MAX_PREFIXES.
+    pub prefixes: Vec<Vec<u8>>,
+}
+
+impl Prefilter {
+    const ACCEPT_ALL: Prefilter = Prefilter {
+        accept_all: true,
+        suffixes: Vec::new(),
+        prefixes: Vec::new(),
+    };
+
+    fn from_rules(rules: impl IntoIterator<Item = Rule>) -> Prefilter {
+        let mut suffixes = Vec::new();
+        let mut prefixes = Vec::new();
+        for rule in rules {
+            match rule {
+                Rule::AcceptAll => return Prefilter::ACCEPT_ALL,
+                Rule::Suffix(suffix) => suffixes.push(suffix),
+                Rule::Prefix(prefix) => prefixes.push(prefix),
+            }
+        }
+        let suffixes = minimal(suffixes, |long, short| long.ends_with(short));
+        let prefixes = minimal(prefixes, |long, short| long.starts_with(short));
+        if suffixes.len() > PREFILTER_MAX_SUFFIXES || prefixes.len() > PREFILTER_MAX_PREFIXES {
+            return Prefilter::ACCEPT_ALL;
+        }
+        Prefilter {
+            accept_all: false,
+            suffixes,
+            prefixes,
+        }
+    }
+
+    #[cfg(test)]
+    /// Whether the open of `passed_path` (as passed to `open()`) may match
+    /// the filter, so user space must judge it:
+    /// 1. `accept_all`;
+    /// 2. else, if any suffix ends the path;
+    /// 3. else, if there are no prefixes: no;
+    /// 4. else, if the path is relative (does not start with `/`: the kernel
+    ///    does not know the cwd), or any prefix starts it, or it is not
+    ///    canonical: a `/` followed by `/` or `.` starts at one of the first
+    ///    PREFILTER_PREFIX_LEN bytes (cleaning could then change the bytes a
+    ///    prefix is compared with; beyond them it cannot matter).
+    ///
+    /// Suffixes need no such care: cleaning keeps the last component of a
+    /// path that can open a regular file (non-empty, not ending in `/`, `.`
+    /// or `..`), and only such opens — successful ones — are ever signalled.
+    pub fn may_match(&self, passed_path: &[u8]) -> bool {
+        if self.accept_all || self.suffixes.iter().any(|s| passed_path.ends_with(s)) {
+            return true;
+        }
+        if self.prefixes.is_empty() {
+            return false;
+        }
+        passed_path.first() != Some(&b'/')
+            || self.prefixes.iter().any(|p| passed_path.starts_with(p))
+            || !is_canonical(passed_path)
+    }
+}
+
+#[cfg(test)]
+fn is_canonical(path: &[u8]) -> bool {
+    !path
+        .windows(2)
+        .take(PREFILTER_PREFIX_LEN)
+        .any(|pair| pair[0] == b'/' && matches!(pair[1], b'/' | b'.'))
+}
+
+/// Drops duplicates and entries implied by a shorter one: fewer kernel
+/// slots, same answers. Sorted, so the result does not depend on the order
+/// the user gave the filters in.
+fn minimal(mut all: Vec<Vec<u8>>, implied_by: impl Fn(&[u8], &[u8]) -> bool) -> Vec<Vec<u8>> {
+    all.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for entry in all {
+        if !kept.iter().any(|k| implied_by(&entry, k)) {
+            kept.push(entry);
+        }
+    }
+    kept
+}
+
+/// Lua 5.4 patterns, as `string.find` matches them (ported from
+/// `lstrlib.c`), plus the static checks and the literal analysis the filter
+/// needs. Patterns are validated up front so that matching cannot fail but
+/// for the recursion limit, as Lua's own can.
+mod lua {
+    const MAX_CAPTURES: usize = 32;
+    /// Lua's MAXCCALLS: how deep matching may recurse.
+    const MAX_DEPTH: usize = 200;
+
+    /// Lua's "pattern too complex".
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) struct TooComplex;
+
+    /// One pattern element, as far as the filter cares.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) enum Item {
+        /// Exactly this byte, once.
+        Literal(u8),
+        /// `(`, `()` or `)`: consumes nothing.
+        Capture,
+        /// The final `$`.
+        End,
+        /// Anything else: classes, quantified items, `%b`, `%f`, `%1`.
+        Other,
+    }
+
+    /// C strings end in NUL and Lua relies on it at a few places.
+    fn byte(bytes: &[u8], i: usize) -> u8 {
+        bytes.get(i).copied().unwrap_or(0)
+    }
+
+    /// Checks `pattern` as Lua would while matching it, with Lua's error
+    /// messages, and splits it into items (the leading `^` excluded).
+    pub(super) fn parse(pattern: &[u8]) -> Result<Vec<Item>, String> {
+        let body = pattern.strip_prefix(b"^").unwrap_or(pattern);
+        let mut items = Vec::new();
+        // Per capture, in order of opening: whether it is closed.
+        let mut closed: Vec<bool> = Vec::new();
+        let mut p = 0;
+        while p < body.len() {
+            let (item, next) = match (body[p], byte(body, p + 1)) {
+                (b'(', second) => {
+                    if closed.len() == MAX_CAPTURES {
+                        return Err("too many captures".into());
+                    }
+                    closed.push(second == b')');
+                    (Item::Capture, if second == b')' { p + 2 } else { p + 1 })
+                }
+                (b')', _) => {
+                    let open = closed.iter().rposition(|&c| !c);
+                    let open = open.ok_or("invalid pattern capture")?;
+                    closed[open] = true;
+                    (Item::Capture, p + 1)
+                }
+                (b'$', _) if p + 1 == body.len() => (Item::End, p + 1),
+                (b'%', b'b') if p + 3 >= body.len() => {
+                    return Err("malformed pattern (missing arguments to '%b')".into());
+                }
+                (b'%', b'b') => (Item::Other, p + 4),
+                (b'%', b'f') if byte(body, p + 2) != b'[' => {
+                    return Err("missing '[' after '%f' in pattern".into());
+                }
+                (b'%', b'f') => (Item::Other, class_end(body, p + 2)?),
+                (b'%', digit @ b'0'..=b'9') => {
+                    let index = usize::from(digit - b'0');
+                    if index == 0 || !closed.get(index - 1).is_some_and(|&c| c) {
+                        return Err(format!("invalid capture index %{index}"));
+                    }
+                    (Item::Other, p + 2)
+                }
+                (first, second) => {
+                    let end = class_end(body, p)?;
+                    if matches!(byte(body, end), b'*' | b'+' | b'?' | b'-') {
+                        (Item::Other, end + 1)
+                    } else {
+                        let literal = match first {
+                            b'.' | b'[' => None,
+                            // `%a` is a class; `%.` the character itself.
+                            b'%' => (!second.is_ascii_alphanumeric()).then_some(second),
+                            _ => Some(first),
+                        };
+                        (literal.map_or(Item::Other, Item::Literal), end)
+                    }
+                }
+            };
+            items.push(item);
+            p = next;
+        }
+        if closed.contains(&false) {
+            return Err("unfinished capture".into());
+        }
+        Ok(items)
+    }
+
+    /// The literal bytes every match ends with, if `items` ends in `$`.
+    pub(super) fn literal_tail(items: &[Item]) -> Vec<u8> {
+        let Some((Item::End, rest)) = items.split_last() else {
+            return Vec::new();
+        };
+        let mut tail = literal_run(rest.iter().rev());
+        tail.reverse();
+        tail
+    }
+
+    /// The literal bytes every match starts with, for an anchored pattern.
+    pub(super) fn literal_head(items: &[Item]) -> Vec<u8> {
+        literal_run(items.iter())
+    }
+
+    fn literal_run<'a>(items: impl Iterator<Item = &'a Item>) -> Vec<u8> {
+        let mut run = Vec::new();
+        for item in items {
+            match item {
+                Item::Literal(b) => run.push(*b),
+                Item::Capture => {}
+                Item::End | Item::Other => break,
+            }
+        }
+        run
+    }
+
+    /// Where the single-character class starting at `p` ends.
+    fn class_end(pattern: &[u8], p: usize) -> Result<usize, String> {
+        let mut p = p + 1;
+        match pattern[p - 1] {
+            b'%' if p >= pattern.len() => Err("malformed pattern (ends with '%')".into()),
+            b'%' => Ok(p + 1),
+            b'[' => {
+                if byte(pattern, p) == b'^' {
+                    p += 1;
+                }
+                // The first character is never the closing `]`: `[]]`.
+                loop {
+                    if p >= pattern.len() {
+                        return Err("malformed pattern (missing ']')".into());
+                    }
+                    let c = pattern[p];
+                    p += 1;
+                    if c == b'%' && p < pattern.len() {
+                        p += 1;
+                    }
+                    if byte(pattern, p) == b']' {
+                        return Ok(p + 1);
+                    }
+                }
+            }
+            _ => Ok(p),
+        }
+    }
+
+    /// `string.find(subject, pattern)`: the first match's byte range.
+    /// `pattern` must have passed [`parse`].
+    pub(super) fn find(
+        pattern: &[u8],
+        subject: &[u8],
+    ) -> Result<Option<(usize, usize)>, TooComplex> {
+        let (anchored, pattern) = match pattern.strip_prefix(b"^") {
+            Some(rest) => (true, rest),
+            None => (false, pattern),
+        };
+        let mut state = State {
+            subject,
+            pattern,
+            depth: MAX_DEPTH,
+            level: 0,
+            captures: [(0, Capture::Unfinished); MAX_CAPTURES],
+        };
+        for start in 0..=subject.len() {
+            state.level = 0;
+            if let Some(end) = state.do_match(start, 0)? {
+                return Ok(Some((start, end)));
+            }
+            if anchored {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Capture {
+        Unfinished,
+        Position,
+        Len(usize),
+    }
+
+    /// Where the match ends, if it does.
+    type Step = Result<Option<usize>, TooComplex>;
+
+    struct State<'a> {
+        subject: &'a [u8],
+        pattern: &'a [u8],
+        depth: usize,
+        level: usize,
+        /// Start and length of each capture.
+        captures: [(usize, Capture); MAX_CAPTURES],
+    }
+
+    impl State<'_> {
+        fn do_match(&mut self, s: usize, p: usize) -> Step {
+            self.depth = self.depth.checked_sub(1).ok_or(TooComplex)?;
+            let result = self.match_from(s, p);
+            self.depth += 1;
+            result
+        }
+
+        /// Lua's `match`; its tail calls (`goto init`) are the loop.
+        fn match_from(&mut self, mut s: usize, mut p: usize) -> Step {
+            let pat = self.pattern;
+            loop {
+                if p == pat.len() {
+                    return Ok(Some(s));
+                }
+                match (pat[p], byte(pat, p + 1)) {
+                    (b'(', b')') => return self.start_capture(s, p + 2, Capture::Position),
+                    (b'(', _) => return self.start_capture(s, p + 1, Capture::Unfinished),
+                    (b')', _) => return self.end_capture(s, p + 1),
+                    (b'$', _) if p + 1 == pat.len() => {
+                        return Ok((s == self.subject.len()).then_some(s));
+                    }
+                    (b'%', b'b') => match self.match_balance(s, p + 2) {
+                        Some(end) => (s, p) = (end, p + 4),
+                        None => return Ok(None),
+                    },
+                    (b'%', b'f') => {
+                        let set = p + 2;
+                        let Ok(end) = class_end(pat, set) else {
+                            return Ok(None);
+                        };
+                        let previous = if s == 0 { 0 } else { self.subject[s - 1] };
+                        let current = byte(self.subject, s);
+                        if bracket_class(previous, pat, set, end - 1)
+                            || !bracket_class(current, pat, set, end - 1)
+                        {
+                            return Ok(None);
+                        }
+                        p = end;
+                    }
+                    (b'%', digit @ b'0'..=b'9') => match self.match_capture(s, digit) {
+                        Some(end) => (s, p) = (end, p + 2),
+                        None => return Ok(None),
+                    },
+                    _ => {
+                        let Ok(end) = class_end(pat, p) else {
+                            return Ok(None);
+                        };
+                        let quantifier = byte(pat, end);
+                        if !self.single_match(s, p, end) {
+                            if !matches!(quantifier, b'*' | b'?' | b'-') {
+                                return Ok(None);
+                            }
+                            p = end + 1;
+                            continue;
+                        }
+                        match quantifier {
+                            b'?' => {
+                                if let Some(found) = self.do_match(s + 1, end + 1)? {
+                                    return Ok(Some(found));
+                                }
+                                p = end + 1;
+                            }
+                            b'+' => return self.max_expand(s + 1, p, end),
+                            b'*' => return self.max_expand(s, p, end),
+                            b'-' => return self.min_expand(s, p, end),
+                            _ => (s, p) = (s + 1, end),
+                        }
+                    }
+                }
+            }
+        }
+
+        fn single_match(&self, s: usize, p: usize, end: usize) -> bool {
+            let Some(&c) = self.subject.get(s) else {
+                return false;
+            };
+            match self.pattern[p] {
+                b'.' => true,
+                b'%' => class(c, byte(self.pattern, p + 1)),
+                b'[' => bracket_class(c, self.pattern, p, end - 1),
+                literal => literal == c,
+            }
+        }
+
+        fn max_expand(&mut self, s: usize, p: usize, end: usize) -> Step {
+            let mut count = 0;
+            while self.single_match(s + count, p, end) {
+                count += 1;
+            }
+            for i in (0..=count).rev() {
+                if let Some(found) = self.do_match(s + i, end + 1)? {
+                    return Ok(Some(found));
+                }
+            }
+            Ok(None)
+        }
+
+        fn min_expand(&mut self, mut s: usize, p: usize, end: usize) -> Step {
+            loop {
+                if let Some(found) = self.do_match(s, end + 1)? {
+                    return Ok(Some(found));
+                }
+                if !self.single_match(s, p, end) {
+                    return Ok(None);
+                }
+                s += 1;
+            }
+        }
+
+        fn start_capture(&mut self, s: usize, p: usize, what: Capture) -> Step {
+            // parse() bounds the number of captures.
+            let Some(slot) = self.captures.get_mut(self.level) else {
+                return Ok(None);
+            };
+            *slot = (s, what);
+            self.level += 1;
+            let found = self.do_match(s, p)?;
+            if found.is_none() {
+                self.level -= 1;
+            }
+            Ok(found)
+        }
+
+        fn end_capture(&mut self, s: usize, p: usize) -> Step {
+            let open = self.captures[..self.level]
+                .iter()
+                .rposition(|(_, len)| matches!(len, Capture::Unfinished));
+            let Some(open) = open else {
+                return Ok(None);
+            };
+            self.captures[open].1 = Capture::Len(s - self.captures[open].0);
+            let found = self.do_match(s, p)?;
+            if found.is_none() {
+                self.captures[open].1 = Capture::Unfinished;
+            }
+            Ok(found)
+        }
+
+        fn match_balance(&self, s: usize, p: usize) -> Option<usize> {
+            let (open, close) = (*self.pattern.get(p)?, *self.pattern.get(p + 1)?);
+            if self.subject.get(s) != Some(&open) {
+                return None;
+            }
+            let mut depth = 1;
+            for (i, &c) in self.subject.iter().enumerate().skip(s + 1) {
+                if c == close {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i + 1);
+                    }
+                } else if c == open {
+                    depth += 1;
+                }
+            }
+            None
+        }
+
+        /// `%1`..`%9`: the same bytes as that capture again.
+        fn match_capture(&self, s: usize, digit: u8) -> Option<usize> {
+            let index = usize::from(digit.checked_sub(b'1')?);
+            if index >= self.level {
+                return None;
+            }
+            let (start, Capture::Len(len)) = self.captures[index] else {
+                return None; // a position capture never matches
+            };
+            let again = self.subject.get(s..s + len)?;
+            (again == &self.subject[start..start + len]).then_some(s + len)
+        }
+    }
+
+    /// `%a` and friends, in the C locale; other characters stand for
+    /// themselves.
+    fn class(c: u8, class: u8) -> bool {
+        let matches = match class.to_ascii_lowercase() {
+            b'a' => c.is_ascii_alphabetic(),
+            b'c' => c.is_ascii_control(),
+            b'd' => c.is_ascii_digit(),
+            b'g' => c.is_ascii_graphic(),
+            b'l' => c.is_ascii_lowercase(),
+            b'p' => c.is_ascii_punctuation(),
+            // C's isspace includes \v, unlike is_ascii_whitespace.
+            b's' => matches!(c, b' ' | b'\t'..=b'\r'),
+            b'u' => c.is_ascii_uppercase(),
+            b'w' => c.is_ascii_alphanumeric(),
+            b'x' => c.is_ascii_hexdigit(),
+            _ => return class == c,
+        };
+        matches != class.is_ascii_uppercase()
+    }
+
+    /// `[set]` from `pattern[p]` (the `[`) to `pattern[close]` (the `]`).
+    fn bracket_class(c: u8, pattern: &[u8], mut p: usize, close: usize) -> bool {
+        let mut found = true;
+        if pattern[p + 1] == b'^' {
+            found = false;
+            p += 1;
+        }
+        p += 1;
+        while p < close {
+            if pattern[p] == b'%' {
+                p += 1;
+                if class(c, pattern[p]) {
+                    return found;
+                }
+            } else if pattern[p + 1] == b'-' && p + 2 < close {
+                if (pattern[p]..=pattern[p + 2]).contains(&c) {
+                    return found;
+                }
+                p += 2;
+            } else if pattern[p] == c {
+                return found;
+            }
+            p += 1;
+        }
+        !found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(globs: &[&str], lua: Option<&str>) -> Filter {
+        let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
+        Filter::new(&globs, lua, Path::new("/home/u/p")).unwrap()
+    }
+
+    fn error(globs: &[&str], lua: Option<&str>) -> String {
+        let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
+        Filter::new(&globs, lua, Path::new("/home/u/p"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn accepts(filter: &Filter, path: &str) -> bool {
+        filter.matches(Path::new(path))
+    }
+
+    fn find(pattern: &str, subject: &str) -> Option<(usize, usize)> {
+        lua::parse(pattern.as_bytes()).unwrap();
+        lua::find(pattern.as_bytes(), subject.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn name_glob_matches_the_file_name_anywhere() {
+        let f = filter(&["*.lua"], None);
+        assert!(accepts(&f, "/a/b/x.lua"));
+        assert!(accepts(&f, "/x.lua"));
+        assert!(!accepts(&f, "/a/b/x.lua.bak"));
+        assert!(!accepts(&f, "/a/x.lua/y"));
+    }
+
+    #[test]
+    fn absolute_glob_star_stays_in_one_directory() {
+        let f = filter(&["/a/*.lua"], None);
+        assert!(accepts(&f, "/a/x.lua"));
+        assert!(!accepts(&f, "/a/b/x.lua"));
+        let f = filter(&["/a/**/*.lua"], None);
+        assert!(accepts(&f, "/a/x.lua"));
+        assert!(accepts(&f, "/a/b/c/x.lua"));
+        assert!(!accepts(&f, "/b/x.lua"));
+    }
+
+    #[test]
+    fn relative_glob_is_below_the_base() {
+        for glob in ["src/**/*.rs", "./src/**/*.rs"] {
+            let f = filter(&[glob], None);
+            assert!(accepts(&f, "/home/u/p/src/a/b.rs"), "{glob}");
+            assert!(accepts(&f, "/home/u/p/src/b.rs"), "{glob}");
+            assert!(!accepts(&f, "/home/u/q/src/b.rs"), "{glob}");
+            assert!(!accepts(&f, "/home/u/p/lib/src/b.rs"), "{glob}");
+        }
+        let f = filter(&["./x.lua"], None);
+        assert!(accepts(&f, "/home/u/p/x.lua"));
+        assert!(!accepts(&f, "/home/u/p/sub/x.lua"));
+    }
+
+    #[test]
+    fn excludes_narrow_the_includes() {
+        let f = filter(&["*.lua", "!vendor/**"], None);
+        assert!(accepts(&f, "/home/u/p/x.lua"));
+        assert!(!accepts(&f, "/home/u/p/vendor/a/x.lua"));
+        assert!(accepts(&f, "/elsewhere/vendor/x.lua"));
+        let f = filter(&["*.lua", "!test_*"], None);
+        assert!(!accepts(&f, "/a/test_x.lua"));
+    }
+
+    #[test]
+    fn only_excludes_narrow_the_default() {
+        let f = filter(&["!*.tmp"], None);
+        assert!(accepts(&f, "/home/u/p/a.c"));
+        assert!(!accepts(&f, "/home/u/p/a.tmp"));
+        assert!(!accepts(&f, "/etc/a.c"));
+    }
+
+    #[test]
+    fn default_is_files_under_the_base() {
+        let f = filter(&[], None);
+        assert!(accepts(&f, "/home/u/p/x"));
+        assert!(accepts(&f, "/home/u/p/sub/x.lua"));
+        assert!(!accepts(&f, "/home/u/p"));
+        assert!(!accepts(&f, "/home/u/pq/x"));
+        assert!(!accepts(&f, "/tmp/x"));
+        let f = filter(&[], Some(";;"));
+        assert!(accepts(&f, "/home/u/p/x"));
+        assert!(!accepts(&f, "/tmp/x"));
+    }
+
+    #[test]
+    fn lua_patterns_match_like_string_find() {
+        let f = filter(&[], Some("%.lua$"));
+        assert!(accepts(&f, "/a/x.lua"));
+        assert!(!accepts(&f, "/a/xlua"));
+        assert!(!accepts(&f, "/a/x.lua.bak"));
+        let f = filter(&[], Some(";%.lua$;;%.rs$;"));
+        assert!(accepts(&f, "/a/x.lua"));
+        assert!(accepts(&f, "/a/x.rs"));
+        assert!(!accepts(&f, "/a/x.c"));
+        let f = filter(&[], Some("^/etc/"));
+        assert!(accepts(&f, "/etc/x"));
+        assert!(!accepts(&f, "/home/etc/x"));
+        let f = filter(&[], Some("lib"));
+        assert!(accepts(&f, "/usr/lib/x"));
+    }
+
+    #[test]
+    fn globs_and_lua_patterns_combine() {
+        let f = filter(&["*.rs", "!vendor/**"], Some("%.lua$"));
+        assert!(accepts(&f, "/a/x.rs"));
+        assert!(accepts(&f, "/a/x.lua"));
+        assert!(!accepts(&f, "/a/x.c"));
+        assert!(!accepts(&f, "/home/u/p/vendor/x.lua"));
+        let f = filter(&["!*.tmp.lua"], Some("%.lua$"));
+        assert!(accepts(&f, "/elsewhere/x.lua"));
+        assert!(!accepts(&f, "/home/u/p/x.tmp.lua"));
+    }
+
+    #[test]
+    fn errors_name_the_source_and_the_fix() {
+        assert_eq!(
+            error(&["[a"], None),
+            "invalid --filter glob '[a': unclosed character class; missing ']'; use e.g. '*.lua'"
+        );
+        assert_eq!(
+            error(&["!"], None),
+            "invalid --filter glob '!': empty pattern; use e.g. '*.lua'"
+        );
+        assert_eq!(
+            error(&[], Some("%.lua$;%")),
+            "invalid FORKMON_FILTER pattern '%': malformed pattern (ends with '%'); \
+             see Lua patterns, e.g. '%.lua$'"
+        );
+        let lua_error = |pattern| error(&[], Some(pattern));
+        assert!(lua_error("[a").contains("'[a': malformed pattern (missing ']')"));
+        assert!(lua_error("(a").contains("unfinished capture"));
+        assert!(lua_error("a)").contains("invalid pattern capture"));
+        assert!(lua_error("(a)%2").contains("invalid capture index %2"));
+        assert!(lua_error("(a%1)").contains("invalid capture index %1"));
+        assert!(lua_error("%0").contains("invalid capture index %0"));
+        assert!(lua_error("%ba").contains("missing arguments to '%b'"));
+        assert!(lua_error("%fa").contains("missing '[' after '%f'"));
+        assert!(lua_error(&"()".repeat(33)).contains("too many captures"));
+    }
+
+    #[test]
+    fn describe_is_one_line() {
+        assert_eq!(filter(&[], None).describe(), "files under /home/u/p");
+        assert_eq!(
+            filter(&["*.lua", "!vendor/**"], None).describe(),
+            "*.lua, !vendor/**"
+        );
+        assert_eq!(
+            filter(&["!*.tmp"], None).describe(),
+            "files under /home/u/p, !*.tmp"
+        );
+        assert_eq!(
+            filter(&["*.rs"], Some("%.lua$;^/etc/")).describe(),
+            "*.rs, lua:%.lua$, lua:^/etc/"
+        );
+    }
+
+    fn only(suffixes: &[&str], prefixes: &[&str]) -> Prefilter {
+        let bytes = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
+        Prefilter {
+            accept_all: false,
+            suffixes: bytes(suffixes),
+            prefixes: bytes(prefixes),
+        }
+    }
+
+    #[test]
+    fn prefilter_derivation() {
+        let pf = |globs: &[&str], lua| filter(globs, lua).prefilter();
+        assert_eq!(pf(&["*.lua"], None), only(&[".lua"], &[]));
+        assert_eq!(pf(&[], Some("%.lua$")), only(&[".lua"], &[]));
+        assert_eq!(pf(&[], None), only(&[], &["/home/u/p/"]));
+        assert_eq!(pf(&["!*.c"], None), only(&[], &["/home/u/p/"]));
+        assert_eq!(pf(&["src/**/*.rs", "!x.rs"], None), only(&[".rs"], &[]));
+        assert_eq!(pf(&["foo.lua"], None), only(&["foo.lua"], &[]));
+        assert_eq!(pf(&["/abs/dir/foo.lua"], None), only(&["foo.lua"], &[]));
+        assert_eq!(pf(&["src/*.{c,h}"], None), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&["{a,b}.c"], None), only(&[".c"], &[]));
+        assert_eq!(pf(&["*"], None), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&["src/**"], None), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&["*.lu?"], None), Prefilter::ACCEPT_ALL);
+        assert_eq!(
+            pf(&["a_very_long_file_name.lua"], None),
+            only(&["ng_file_name.lua"], &[])
+        );
+        assert_eq!(
+            pf(&["*.lua", "a.lua", "x.rs"], Some("%.lua$;main%.rs$")),
+            only(&[".lua", "x.rs", "main.rs"], &[])
+        );
+        assert_eq!(
+            pf(
+                &["*.lua", "a.lua", "x.rs", "*.rs"],
+                Some("%.lua$;main%.rs$")
+            ),
+            only(&[".rs", ".lua"], &[])
+        );
+        assert_eq!(
+            pf(&[], Some("^/etc/app/;^/etc/app/x;^/usr/")),
+            only(&[], &["/usr/", "/etc/app/"])
+        );
+        assert_eq!(pf(&[], Some("^/etc/.*$")), only(&[], &["/etc/"]));
+        assert_eq!(pf(&["x.lua"], Some("x$")), only(&["x", "x.lua"], &[]));
+        assert_eq!(pf(&[], Some("(.*)%.lua$")), only(&[".lua"], &[]));
+        assert_eq!(pf(&[], Some("src/main%.lua$")), only(&["main.lua"], &[]));
+        assert_eq!(pf(&[], Some("a*$")), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&[], Some("%a$")), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&[], Some("/$")), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&[], Some("lua")), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&["*.lua"], Some("x")), Prefilter::ACCEPT_ALL);
+        let many: Vec<String> = (0..9).map(|i| format!("*.e{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(pf(&many, None), Prefilter::ACCEPT_ALL);
+        assert_eq!(pf(&many[1..], None).suffixes.len(), 8);
+    }
+
+    #[test]
+    fn may_match_with_suffixes_only() {
+        let pf = only(&[".lua"], &[]);
+        assert!(pf.may_match(b"x.lua"));
+        assert!(pf.may_match(b"/a/b.lua"));
+        assert!(!pf.may_match(b"x.rs"));
+        assert!(!pf.may_match(b"rel/x.c"));
+        // Only prefixes care about canonical form.
+        assert!(!pf.may_match(b"/home/u/.cache//x"));
+    }
+
+    #[test]
+    fn may_match_with_prefixes() {
+        let pf = only(&[".lua"], &["/home/u/p/"]);
+        assert!(pf.may_match(b"/etc/x.lua"));
+        assert!(pf.may_match(b"/home/u/p/x.c"));
+        assert!(pf.may_match(b"x.c"), "relative");
+        assert!(pf.may_match(b"./x.c"), "relative");
+        assert!(!pf.may_match(b"/etc/x.c"));
+        assert!(!pf.may_match(b"/home/u/px.c"));
+        assert!(pf.may_match(b"/home/u//p/x.c"), "doubled slash");
+        assert!(pf.may_match(b"/home/u/q/../p/x.c"), "dot-dot");
+        assert!(pf.may_match(b"/home/./u/p/x.c"), "dot");
+        assert!(pf.may_match(b"/etc/.hidden"), "cheap test, not exact");
+        let far = format!("/etc/{}//x.c", "a".repeat(PREFILTER_PREFIX_LEN));
+        assert!(!pf.may_match(far.as_bytes()), "beyond any prefix");
+        assert!(Prefilter::ACCEPT_ALL.may_match(b"/etc/x.c"));
+    }
+
+    #[test]
+    fn absolute_lexical_drops_dots_and_doubled_slashes() {
+        let abs = |passed| absolute_lexical(Path::new("/b"), Path::new(passed));
+        assert_eq!(abs("x.lua"), Path::new("/b/x.lua"));
+        assert_eq!(abs("./x/./y"), Path::new("/b/x/y"));
+        assert_eq!(abs("x//y/"), Path::new("/b/x/y"));
+        assert_eq!(abs("/a//c/../d"), Path::new("/a/c/../d"));
+        assert_eq!(abs("../y"), Path::new("/b/../y"));
+        assert_eq!(abs("."), Path::new("/b"));
+        assert_eq!(abs(""), Path::new("/b"));
+    }
+
+    #[test]
+    fn lua_matching_follows_lua() {
+        assert_eq!(find("%.lua$", "/a/x.lua"), Some((4, 8)));
+        assert_eq!(find("$", "abc"), Some((3, 3)));
+        assert_eq!(find("x*$", "abc"), Some((3, 3)));
+        assert_eq!(find("^$", ""), Some((0, 0)));
+        assert_eq!(find("^b", "ab"), None);
+        assert_eq!(find("a^b$", "xa^b"), Some((1, 4)));
+        assert_eq!(find("%f[%w]lua", "/xlua/lua"), Some((6, 9)));
+        assert_eq!(find("%f[%W]", "ab"), Some((2, 2)));
+        assert_eq!(find("%b()", "a(b(c)d)e"), Some((1, 8)));
+        assert_eq!(find("(a+)b%1", "aabaa"), Some((0, 5)));
+        assert_eq!(find("(a)%1", "ab"), None);
+        assert_eq!(find("()a%1", "aa"), None);
+        assert_eq!(find("[]]", "a]"), Some((1, 2)));
+        assert_eq!(find("[^/]*%.lua$", "/a/b.lua"), Some((3, 8)));
+        assert_eq!(find("[a-c]+", "xxbcay"), Some((2, 5)));
+        assert_eq!(find("[%a-]+", "1a-b2"), Some((1, 4)));
+        assert_eq!(find("%A+", "ab12"), Some((2, 4)));
+        assert_eq!(find("%s", "a\x0bb"), Some((1, 2)));
+        assert_eq!(find("a-b", "aaab"), Some((0, 4)));
+        assert_eq!(find("a.-b", "aXbYb"), Some((0, 3)));
+        assert_eq!(find("^a?b", "b"), Some((0, 1)));
+        assert_eq!(find("()a", "ba"), Some((1, 2)));
+        assert_eq!(find("%z", "z"), Some((0, 1)));
+    }
+
+    #[test]
+    fn lua_matching_never_panics() {
+        // Each of these panics in the lua-patterns crate.
+        let many_a = format!("/{}b", "a".repeat(300));
+        assert!(accepts(&filter(&[], Some("ab")), &many_a));
+        let long = format!("^/{}$", "a".repeat(300));
+        assert!(accepts(
+            &filter(&[], Some(&long)),
+            &format!("/{}", "a".repeat(300))
+        ));
+        // Lua itself gives up on this one: no match, not a crash.
+        let deep = "a?".repeat(250);
+        let subject = "a".repeat(250);
+        assert_eq!(
+            lua::find(deep.as_bytes(), subject.as_bytes()),
+            Err(lua::TooComplex)
+        );
+        let deep = format!("^/{deep}");
+        assert!(!accepts(&filter(&[], Some(&deep)), &format!("/{subject}")));
+    }
+
+    mod properties {
+        use std::panic::{self, AssertUnwindSafe};
+
+        use proptest::{
+            collection::vec, option, prelude::*, sample::select, strategy::ValueTree,
+            test_runner::TestRunner,
+        };
+
+        use super::*;
+
+        const BASES: &[&str] = &["/home/u/p", "/p", "/"];
+        const DIRS: &[&str] = &["a", "b", "p", "u", "src", "home", "lua", "x.lua"];
+        const FILES: &[&str] = &[
+            "a.lua", "x.lua", "aa.lua", ".lua", "main.lua", "b.rs", "main.rs", "x.c", "lua", "a",
+            "src",
+        ];
+        const GLOB_PARTS: &[&str] = &[
+            "*",
+            "**",
+            "a",
+            "p",
+            "u",
+            "home",
+            "src",
+            "*.lua",
+            "a.lua",
+            "*.rs",
+            "x*",
+            "[ab].lua",
+            "{a,x}.lua",
+            "?.rs",
+            "*a.lua",
+            "lua",
+            "*.{lua,rs}",
+            "main.rs",
+        ];
+        const EXTS: &[&str] = &["lua", "rs", "c"];
+        const NAMES: &[&str] = &["a", "x", "main", "/a", "/x", "src/main", "p/a", "u/p/x"];
+        const LUA_DIRS: &[&str] = &["home", "home/u/p", "p", "src", "home/u", "p/src"];
+        const LUA_ODD: &[&str] = &[
+            "a*$",
+            "(.*)%.lua$",
+            "[ab]%.lua$",
+            "/a$",
+            "%w+%.rs$",
+            "^/home/u/(p)/",
+            "lu?a$",
+            "%a$",
+            "^/",
+            "x%-$",
+            "^(/p)/.-%.lua$",
+            "src/.*%.rs$",
+            "/p/a%.lua$",
+            "^/p$",
+            "%.lua",
+            "^/home/u/p/src/main%.rs$",
+        ];
+
+        #[derive(Debug, Clone)]
+        struct Case {
+            base: String,
+            globs: Vec<String>,
+            lua: Option<String>,
+            passed: String,
+        }
+
+        fn glob() -> impl Strategy<Value = String> {
+            let parts = vec(select(GLOB_PARTS), 1..4);
+            (0..3u8, parts, prop::bool::weighted(0.2)).prop_map(|(scope, parts, exclude)| {
+                let glob = match scope {
+                    0 => parts[0].to_owned(),
+                    1 => format!("/{}", parts.join("/")),
+                    _ if parts.len() == 1 => format!("./{}", parts[0]),
+                    _ => parts.join("/"),
+                };
+                if exclude { format!("!{glob}") } else { glob }
+            })
+        }
+
+        fn lua_pattern() -> impl Strategy<Value = String> {
+            prop_oneof![
+                select(EXTS).prop_map(|ext| format!("%.{ext}$")),
+                (select(NAMES), select(EXTS)).prop_map(|(n, ext)| format!("{n}%.{ext}$")),
+                select(LUA_DIRS).prop_map(|dir| format!("^/{dir}/")),
+                ("[ab/.lux]{1,5}", any::<bool>()).prop_map(|(lit, end)| if end {
+                    format!("{lit}$")
+                } else {
+                    lit
+                }),
+                select(LUA_ODD).prop_map(String::from),
+            ]
+        }
+
+        /// Directory noise: `.`, `..` and empty components (`//`).
+        fn component() -> impl Strategy<Value = &'static str> {
+            prop_oneof![6 => select(DIRS), 1 => Just("."), 1 => Just(".."), 1 => Just("")]
+        }
+
+        /// A path as passed: relative, absolute, or absolute under the base.
+        fn passed(base: &'static str) -> impl Strategy<Value = String> {
+            let start = prop_oneof![2 => Just(0u8), 1 => Just(1), 2 => Just(2)];
+            (start, vec(component(), 0..4), select(FILES)).prop_map(move |(start, dirs, file)| {
+                let mut parts: Vec<&str> = match start {
+                    0 => vec![],
+                    1 => vec![""],
+                    _ => vec![base.trim_end_matches('/')],
+                };
+                parts.extend(dirs);
+                parts.push(file);
+                parts.join("/")
+            })
+        }
+
+        fn lua_escape(text: &str) -> String {
+            text.chars()
+                .flat_map(|c| match c {
+                    'a'..='z' | '/' => vec![c],
+                    _ => vec!['%', c],
+                })
+                .collect()
+        }
+
+        fn glob_escape(text: &str) -> String {
+            text.chars()
+                .flat_map(|c| match c {
+                    '*' | '?' | '[' | ']' | '{' | '}' | '\\' => vec!['\\', c],
+                    _ => vec![c],
+                })
+                .collect()
+        }
+
+        /// Patterns cut from the path that will be opened, so that many
+        /// cases match, including by tails and heads that cross a `/`.
+        fn derived_lua(abs: String) -> impl Strategy<Value = String> {
+            (1..=abs.len(), any::<bool>()).prop_map(move |(len, head)| {
+                if head {
+                    format!("^{}", lua_escape(&abs[..len]))
+                } else {
+                    format!("{}$", lua_escape(&abs[abs.len() - len..]))
+                }
+            })
+        }
+
+        fn derived_glob(abs: String, base: &'static str) -> impl Strategy<Value = String> {
+            let name = abs.rsplit('/').next().unwrap_or_default().to_owned();
+            (0..4u8, 0..=name.len()).prop_map(move |(kind, cut)| match kind {
+                0 => glob_escape(&abs),
+                1 => format!("*{}", glob_escape(&name[cut..])),
+                2 => match abs.strip_prefix(base).map(|r| r.trim_start_matches('/')) {
+                    Some(below) if below.contains('/') => glob_escape(below),
+                    _ => glob_escape(&name),
+                },
+                _ => glob_escape(&name),
+            })
+        }
+
+        fn case() -> impl Strategy<Value = Case> {
+            select(BASES)
+                .prop_flat_map(|base| (Just(base), passed(base)))
+                .prop_flat_map(|(base, passed)| {
+                    let abs = absolute_lexical(Path::new(base), Path::new(&passed));
+                    let abs = abs.to_str().unwrap().to_owned();
+                    let glob = prop_oneof![3 => glob().boxed(), 1 => derived_glob(abs.clone(), base).boxed()];
+                    let lua = prop_oneof![3 => lua_pattern().boxed(), 1 => derived_lua(abs).boxed()];
+                    let lua = option::weighted(0.5, vec(lua, 0..3).prop_map(|v| v.join(";")));
+                    (vec(glob, 0..3), lua).prop_map(move |(globs, lua)| Case {
+                        base: base.to_owned(),
+                        globs,
+                        lua,
+                        passed: passed.clone(),
+                    })
+                })
+        }
+
+        fn judge(case: &Case) -> (bool, Prefilter) {
+            let base = Path::new(&case.base);
+            let filter = Filter::new(&case.globs, case.lua.as_deref(), base).unwrap();
+            let abs = absolute_lexical(base, Path::new(&case.passed));
+            (filter.matches(&abs), filter.prefilter())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 2000,
+                max_shrink_iters: 4096,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn prefilter_never_rejects_a_match(case in case()) {
+                let (matched, prefilter) = judge(&case);
+                if matched {
+                    prop_assert!(
+                        prefilter.may_match(case.passed.as_bytes()),
+                        "{case:?} rejected by {prefilter:?}"
+                    );
+                }
+            }
+        }
+
+        /// The property above is only worth something if matches are common
+        /// and the prefilter often rejects.
+        #[test]
+        fn generated_cases_exercise_both_layers() {
+            let mut runner = TestRunner::deterministic();
+            let strategy = case();
+            let (mut matched, mut rejected) = (0, 0);
+            const CASES: u32 = 2000;
+            for _ in 0..CASES {
+                let case = strategy.new_tree(&mut runner).unwrap().current();
+                let (m, prefilter) = judge(&case);
+                matched += u32::from(m);
+                rejected += u32::from(!prefilter.may_match(case.passed.as_bytes()));
+            }
+            assert!(matched > CASES / 4, "only {matched} of {CASES} match");
+            assert!(rejected > CASES / 10, "only {rejected} of {CASES} rejected");
+        }
+
+        #[test]
+        fn common_filters_give_a_real_prefilter() {
+            let base = Path::new("/home/u/p");
+            for (globs, lua) in [(vec!["*.lua".to_owned()], None), (vec![], Some("%.lua$"))] {
+                let prefilter = Filter::new(&globs, lua, base).unwrap().prefilter();
+                assert_eq!(prefilter, only(&[".lua"], &[]));
+            }
+            let default = Filter::new(&[], None, base).unwrap().prefilter();
+            assert_eq!(default, only(&[], &["/home/u/p/"]));
+        }
+
+        /// The `lua-patterns` crate as an oracle, where it works: it never
+        /// tries the empty match at the end of a non-empty subject, and
+        /// panics when partial matches pile up ("pattern too complex").
+        fn crate_find(pattern: &str, subject: &str) -> Option<Option<(usize, usize)>> {
+            // NUL-terminated copies keep its unchecked reads in bounds.
+            let pattern_z = format!("{pattern}\0");
+            let subject_z = format!("{subject}\0");
+            let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut m =
+                    lua_patterns::LuaPattern::from_bytes(&pattern_z.as_bytes()[..pattern.len()]);
+                m.matches_bytes(&subject_z.as_bytes()[..subject.len()])
+                    .then(|| (m.range().start, m.range().end))
+            }));
+            match result {
+                Ok(found) => Some(found),
+                Err(e) if format!("{:?}", e.downcast_ref::<String>()).contains("too complex") => {
+                    None
+                }
+                Err(e) => panic::resume_unwind(e),
+            }
+        }
+
+        const LUA_ITEMS: &[&str] = &[
+            "a", "b", "/", ".", "%.", "%a", "%A", "[ab]", "[^a]", "[a-b/]", "a*", "b+", "a-", "/?",
+            ".-", ".*", "%bab", "%f[a]", "%f[^a]", "()", "$", "^",
+        ];
+
+        fn differential_pattern() -> impl Strategy<Value = String> {
+            let items = vec(select(LUA_ITEMS), 1..5);
+            (any::<bool>(), items, any::<bool>(), any::<bool>()).prop_map(
+                |(anchor, items, capture, end)| {
+                    let body = items.concat();
+                    let body = if capture { format!("({body})") } else { body };
+                    format!(
+                        "{}{body}{}",
+                        if anchor { "^" } else { "" },
+                        if end { "$" } else { "" }
+                    )
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn lua_port_agrees_with_the_crate(
+                pattern in differential_pattern(),
+                subject in "[ab/.]{0,8}",
+            ) {
+                prop_assert!(lua::parse(pattern.as_bytes()).is_ok());
+                let ours = lua::find(pattern.as_bytes(), subject.as_bytes()).unwrap();
+                let Some(theirs) = crate_find(&pattern, &subject) else {
+                    return Ok(());
+                };
+                let expected = match ours {
+                    Some((start, _)) if start == subject.len() && !subject.is_empty() => None,
+                    ours => ours,
+                };
+                prop_assert_eq!(theirs, expected);
+            }
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! `forkmon run`: the supervisor. It answers the stubs' registrations and
+//! the kernel's candidate opens, keeps the chain of checkpoints, and on a
+//! change kills everything below the file's checkpoint and resumes it.
+//!
+//! The live program is always a chain: the target (or a checkpoint's fresh
+//! child) runs; at each matching open it becomes a checkpoint and its child
+//! runs on. `chain[i]` is the i-th checkpoint; the last one's child is the
+//! *leaf*, the only process that may become the next checkpoint.
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, IsTerminal as _},
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use forkmon_common::{
+    OpenRecord, PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN,
+    PREFILTER_SUFFIX_LEN, PrefilterConfig, Record, record_kind,
+    stub::{self, CMD_CHECKPOINT, CMD_GO, CMD_RESUME},
+};
+use log::{debug, warn};
+use nix::{
+    sys::wait::{WaitPidFlag, WaitStatus, waitpid},
+    unistd::Pid,
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cgroup::{GroupId, Session},
+    channel::{Registration, Registrations, send_command},
+    cli::RunArgs,
+    events::Events,
+    filter::{Filter, Prefilter},
+    launcher::{self, TargetUser},
+    loader::Probes,
+    output::Reporter,
+    paths::PathResolver,
+    watcher::{Delays, Identity, Watcher},
+};
+
+/// The stub library, embedded at build time (see build.rs).
+static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.so"));
+
+struct Checkpoint {
+    /// The file whose open this checkpoint was made at.
+    file: PathBuf,
+    /// The checkpoint process, frozen in its stub.
+    pid: i32,
+    /// Its cgroup: the checkpoint's own (it was the leaf until now).
+    group: GroupId,
+    /// Its current child and that child's cgroup (which holds everything
+    /// below this checkpoint), once the child has registered.
+    child: Option<(i32, GroupId)>,
+}
+
+/// A registered process: the only ones forkmon can talk to.
+struct Process {
+    eventfd: OwnedFd,
+}
+
+struct Supervisor {
+    probes: Probes,
+    session: Session,
+    filter: Filter,
+    watcher: Watcher,
+    report: Reporter,
+    paths: PathResolver,
+    processes: HashMap<i32, Process>,
+    chain: Vec<Checkpoint>,
+    /// The process that runs the program now, and its cgroup.
+    leaf: Option<(i32, GroupId)>,
+    target: i32,
+    last_status: Option<i32>,
+    warned_threads: bool,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let filter = Filter::new(&args.globs, args.lua_filter.as_deref(), &cwd)?;
+    let report = Reporter::new(
+        args.quiet,
+        !args.no_color && std::env::var_os("NO_COLOR").is_none() && io::stderr().is_terminal(),
+    );
+    let mut probes = Probes::load()?;
+    probes.set_prefilter(&prefilter_config(&filter.prefilter()))?;
+    let user = TargetUser::from_sudo_env()?;
+    let session = Session::create().context("cannot set up the cgroup for the program")?;
+    let watcher = Watcher::new(Delays {
+        restart: Duration::from_millis(args.restart_delay),
+        ignore: Duration::from_millis(args.ignore_delay),
+    })?;
+    let mut events = Events::new(probes.take_events()).context("cannot poll the ring buffer")?;
+    let (registrations, target_end) =
+        Registrations::new().context("cannot create the stub socket")?;
+    let library = stub_memfd()?;
+
+    let mut sigchld = signal(SignalKind::child())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    // Orphans of killed subtrees are reparented to us, not to init.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+
+    let mut env = vec![
+        (
+            "LD_PRELOAD".into(),
+            format!("/proc/self/fd/{}", library.as_raw_fd()).into(),
+        ),
+        (
+            stub::ENV_SOCKET.into(),
+            target_end.as_raw_fd().to_string().into(),
+        ),
+    ];
+    if args.flush {
+        env.push((stub::ENV_FLUSH.into(), "1".into()));
+        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    }
+    let setup = launcher::Setup {
+        user: user.as_ref(),
+        env,
+        inherit: vec![library.as_raw_fd(), target_end.as_raw_fd()],
+    };
+    let paused = launcher::spawn_paused(&args.program.argv, &setup)?;
+    let target = paused.pid().as_raw();
+    let root = session.root();
+    session
+        .add_process(root, target)
+        .context("cannot move the program into its cgroup")?;
+    probes.track(target as u32)?;
+    if let Err(e) = paused.release() {
+        probes.untrack(target as u32);
+        return Err(e.into());
+    }
+    // The tree holds its own copies now.
+    drop(target_end);
+    drop(library);
+
+    let mut supervisor = Supervisor {
+        probes,
+        session,
+        filter,
+        watcher,
+        report,
+        paths: PathResolver::new(target as u32, cwd),
+        processes: HashMap::new(),
+        chain: Vec::new(),
+        leaf: Some((target, root)),
+        target,
+        last_status: None,
+        warned_threads: false,
+    };
+
+    let status = loop {
+        tokio::select! {
+            ready = events.readable() => {
+                ready.context("reading the ring buffer")?;
+                let mut records = Vec::new();
+                events.drain(|record| records.push(owned(record)));
+                for record in records {
+                    supervisor.on_record(record)?;
+                }
+            }
+            ready = registrations.readable() => {
+                ready.context("reading the stub socket")?;
+                for registration in registrations.drain()? {
+                    supervisor.on_registration(registration)?;
+                }
+            }
+            changed = supervisor.watcher.changed() => {
+                supervisor.on_changes(changed?)?;
+            }
+            _ = sigchld.recv() => {
+                if let Some(status) = supervisor.reap()? {
+                    break status;
+                }
+            }
+            _ = sigint.recv() => break supervisor.exit_status(libc::SIGINT),
+            _ = sigterm.recv() => break supervisor.exit_status(libc::SIGTERM),
+        }
+    };
+    supervisor
+        .session
+        .kill_all()
+        .context("cannot stop the program")?;
+    reap_orphans(supervisor.session.watchdog_pid());
+    Ok(status)
+}
+
+/// Reaps the zombies the killed tree leaves to us, its subreaper, so none
+/// outlives forkmon. Everything is dead once `kill_all` returns; a
+/// process's orphans reach us an instant after its exit, hence the short
+/// grace.
+fn reap_orphans(watchdog: Option<u32>) {
+    let grace = std::time::Instant::now() + Duration::from_millis(50);
+    while std::time::Instant::now() < grace {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(2)),
+            Ok(status) => {
+                if status.pid().map(|p| p.as_raw() as u32) == watchdog {
+                    log::warn!("the cgroup watchdog exited early");
+                }
+            }
+            Err(_) => return, // ECHILD: nothing left at all
+        }
+    }
+}
+
+/// A record detached from the ring buffer, so the ring can be released
+/// before the records are acted on.
+enum Owned {
+    Open(Box<OpenRecord>),
+    Process(forkmon_common::ProcessRecord),
+}
+
+fn owned(record: Record) -> Owned {
+    match record {
+        Record::Open(open) => Owned::Open(Box::new(*open)),
+        Record::Process(process) => Owned::Process(process),
+    }
+}
+
+impl Supervisor {
+    fn on_record(&mut self, record: Owned) -> anyhow::Result<()> {
+        match record {
+            Owned::Process(process) => match process.kind {
+                record_kind::FORK => self.paths.on_fork(process.pid, process.ppid),
+                record_kind::EXIT => self.paths.on_exit(process.pid),
+                _ => {}
+            },
+            Owned::Open(open) => {
+                let path = self.paths.resolve(&open);
+                if open.signalled != 0 {
+                    self.on_candidate(&open, path)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel stopped `open.tgid` at an open that may match: answer it.
+    fn on_candidate(&mut self, open: &OpenRecord, path: Option<PathBuf>) -> anyhow::Result<()> {
+        let pid = open.tgid as i32;
+        if !self.processes.contains_key(&pid) {
+            debug!("candidate open by unregistered pid {pid}");
+            return Ok(());
+        }
+        let checkpoint = match &path {
+            Some(path) => self.should_checkpoint(pid, path),
+            None => false,
+        };
+        let process = &self.processes[&pid];
+        if !checkpoint {
+            send_command(&process.eventfd, CMD_GO)?;
+            return Ok(());
+        }
+        let path = path.expect("checked above");
+        // Watch before the child goes on, against the identity of the very
+        // file the program opened: a save between its open and now is
+        // then still seen as a change.
+        let opened = Identity::of(Path::new(&format!("/proc/{pid}/fd/{}", open.ret))).ok();
+        self.watcher.watch_with_baseline(&path, opened)?;
+        self.report.watch(&path);
+        let process = &self.processes[&pid];
+        let (_, group) = self.leaf.take().expect("only the leaf checkpoints");
+        self.chain.push(Checkpoint {
+            file: path,
+            pid,
+            group,
+            child: None,
+        });
+        send_command(&process.eventfd, CMD_CHECKPOINT)?;
+        Ok(())
+    }
+
+    fn should_checkpoint(&mut self, pid: i32, path: &Path) -> bool {
+        if self.leaf.map(|(leaf, _)| leaf) != Some(pid) {
+            return false;
+        }
+        if !self.filter.matches(path) || !is_regular_file(path) {
+            return false;
+        }
+        if self.chain.iter().any(|c| c.file == path) {
+            return false; // the first open of each file is its checkpoint
+        }
+        let threads = thread_count(pid);
+        if threads > 1 {
+            if !self.warned_threads {
+                self.report.warn(&format!(
+                    "pid {pid} has {threads} threads: not checkpointing it (a fork keeps only one)"
+                ));
+                self.warned_threads = true;
+            }
+            return false;
+        }
+        true
+    }
+
+    fn on_registration(&mut self, registration: Registration) -> anyhow::Result<()> {
+        let message = registration.message;
+        match message.kind {
+            stub::MSG_HELLO => {
+                let Some(eventfd) = registration.eventfd else {
+                    return Ok(());
+                };
+                // The target (or the leaf after an exec, e.g. a shim that
+                // execs the real interpreter) can be checkpointed; any
+                // other process is observed only.
+                if self.leaf.map(|(leaf, _)| leaf) == Some(message.pid) {
+                    self.probes.arm(message.pid as u32)?;
+                }
+                send_command(&eventfd, CMD_GO)?;
+                self.processes.insert(message.pid, Process { eventfd });
+            }
+            stub::MSG_CHILD => {
+                let Some(eventfd) = registration.eventfd else {
+                    return Ok(());
+                };
+                let Some(checkpoint) = self.chain.last_mut() else {
+                    return Ok(());
+                };
+                if checkpoint.pid != message.checkpoint {
+                    debug!("child {} of a stale checkpoint", message.pid);
+                    return Ok(());
+                }
+                let group = self.session.new_child(checkpoint.group)?;
+                self.session.add_process(group, message.pid)?;
+                checkpoint.child = Some((message.pid, group));
+                self.leaf = Some((message.pid, group));
+                self.paths
+                    .on_fork(message.pid as u32, message.checkpoint as u32);
+                self.probes.arm(message.pid as u32)?;
+                send_command(&eventfd, CMD_GO)?;
+                self.processes.insert(message.pid, Process { eventfd });
+            }
+            stub::MSG_EXITED => {
+                self.processes.remove(&message.pid);
+                if self.leaf.map(|(leaf, _)| leaf) == Some(message.pid) {
+                    self.last_status = Some(message.status);
+                    self.report.exited(message.status);
+                }
+            }
+            stub::MSG_FAILED => {
+                if let Some(checkpoint) = self.chain.pop_if(|c| c.pid == message.pid) {
+                    self.watcher.unwatch(&checkpoint.file);
+                    self.leaf = Some((checkpoint.pid, checkpoint.group));
+                    self.report.warn(&format!(
+                        "cannot checkpoint at '{}': {}",
+                        checkpoint.file.display(),
+                        nix::errno::Errno::from_raw(message.status).desc()
+                    ));
+                }
+            }
+            _ => debug!("unknown stub message {message:?}"),
+        }
+        Ok(())
+    }
+
+    /// Resume from the earliest checkpoint among the changed files.
+    fn on_changes(&mut self, changed: Vec<PathBuf>) -> anyhow::Result<()> {
+        let Some(index) = self.chain.iter().position(|c| changed.contains(&c.file)) else {
+            return Ok(());
+        };
+        self.report.changed(&self.chain[index].file);
+        for later in self.chain.drain(index + 1..) {
+            self.watcher.unwatch(&later.file);
+            self.processes.remove(&later.pid);
+        }
+        let checkpoint = &mut self.chain[index];
+        if let Some((child, group)) = checkpoint.child.take() {
+            self.session.kill(group)?;
+            self.processes.remove(&child);
+        }
+        self.leaf = None;
+        let pid = checkpoint.pid;
+        match self.processes.get(&pid) {
+            Some(process) => send_command(&process.eventfd, CMD_RESUME)?,
+            None => warn!("checkpoint {pid} is gone"),
+        }
+        Ok(())
+    }
+
+    /// Reaps what forkmon is the parent (or subreaper) of. Returns the exit
+    /// status when the program has ended for good: the target exited and
+    /// there is no checkpoint to resume from.
+    fn reap(&mut self) -> anyhow::Result<Option<u8>> {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
+                Ok(status) => status,
+                Err(e) => return Err(e).context("waiting for the program"),
+            };
+            let (pid, code) = match status {
+                WaitStatus::Exited(pid, code) => (pid, code),
+                WaitStatus::Signaled(pid, signal, _) => (pid, 128 + signal as i32),
+                _ => continue,
+            };
+            if pid.as_raw() != self.target {
+                continue; // an orphaned subprocess (or the watchdog)
+            }
+            self.processes.remove(&self.target);
+            if self.chain.is_empty() {
+                self.report.exited_for_good(code, &self.filter.describe());
+                return Ok(Some(code as u8));
+            }
+            // The first checkpoint itself died: nothing is left to resume.
+            self.report
+                .warn("the program's first checkpoint died; stopping");
+            return Ok(Some(code as u8));
+        }
+    }
+
+    fn exit_status(&self, signal: i32) -> u8 {
+        match self.last_status {
+            Some(status) => wait_status_code(status),
+            None => 128 + signal as u8,
+        }
+    }
+}
+
+/// A raw wait status as a shell's exit code.
+fn wait_status_code(status: i32) -> u8 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u8
+    } else {
+        128 + libc::WTERMSIG(status) as u8
+    }
+}
+
+fn is_regular_file(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+fn thread_count(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |tasks| tasks.count())
+}
+
+/// The stub library in an anonymous in-memory file: the target loads it as
+/// `/proc/self/fd/N`, and nothing is ever written to disk.
+fn stub_memfd() -> anyhow::Result<OwnedFd> {
+    let fd = nix::sys::memfd::memfd_create(c"forkmon-stub", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .context("cannot create the stub's memfd")?;
+    let mut file = fs::File::from(fd);
+    io::Write::write_all(&mut file, STUB).context("cannot write the stub's memfd")?;
+    Ok(file.into())
+}
+
+fn prefilter_config(prefilter: &Prefilter) -> PrefilterConfig {
+    let mut config = PrefilterConfig::NONE;
+    let fits = prefilter.suffixes.len() <= PREFILTER_MAX_SUFFIXES
+        && prefilter.prefixes.len() <= PREFILTER_MAX_PREFIXES
+        && prefilter
+            .suffixes
+            .iter()
+            .all(|s| !s.is_empty() && s.len() <= PREFILTER_SUFFIX_LEN)
+        && prefilter
+            .prefixes
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= PREFILTER_PREFIX_LEN);
+    if prefilter.accept_all || !fits {
+        config.accept_all = 1;
+        return config;
+    }
+    config.suffix_count = prefilter.suffixes.len() as u32;
+    for (i, suffix) in prefilter.suffixes.iter().enumerate() {
+        config.suffix_len[i] = suffix.len() as u32;
+        config.suffixes[i][..suffix.len()].copy_from_slice(suffix);
+    }
+    config.prefix_count = prefilter.prefixes.len() as u32;
+    for (i, prefix) in prefilter.prefixes.iter().enumerate() {
+        config.prefix_len[i] = prefix.len() as u32;
+        config.prefixes[i][..prefix.len()].copy_from_slice(prefix);
+    }
+    config
+}

@@ -1,0 +1,454 @@
+//! `forkmon run` end to end: real BPF, the real stub, real programs whose
+//! files the tests edit while they run.
+mod support;
+
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, thread, time::Duration};
+
+use support::{
+    bpf_available, fixture,
+    live::{Forkmon, zombies_of},
+    rust_fixture,
+};
+
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    // The program may run as another user (SUDO_UID); let it in.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, content: &str) {
+    fs::write(dir.join(name), content).unwrap();
+}
+
+/// How editors save: each way must be noticed.
+fn save_in_place(path: &Path, content: &str) {
+    fs::write(path, content).unwrap();
+}
+
+fn save_by_rename(path: &Path, content: &str) {
+    let tmp = path.with_extension("swp");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+fn save_backup_then_write(path: &Path, content: &str) {
+    let backup = path.with_extension("bak");
+    fs::rename(path, &backup).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+fn save_delete_recreate(path: &Path, content: &str) {
+    fs::remove_file(path).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    fs::write(path, content).unwrap();
+}
+
+#[test]
+fn lua_readme_scenario_resumes_from_the_changed_file() {
+    if !bpf_available("lua_readme_scenario_resumes_from_the_changed_file") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    for name in ["main.lua", "foo.lua"] {
+        let example = support::workspace_dir().join("examples/lua").join(name);
+        fs::copy(example, d.join(name)).unwrap();
+    }
+    write(d, "bar.lua", "print('bar!')\n");
+    // The README's example, plus a dofile after the require.
+    fs::write(
+        d.join("main.lua"),
+        fs::read_to_string(d.join("main.lua")).unwrap().replace(
+            "print(\"finished\")",
+            "dofile(dir .. \"bar.lua\")\nprint(\"finished\")",
+        ),
+    )
+    .unwrap();
+
+    let forkmon = Forkmon::start(d, &["--flush"], &["lua5.4", "main.lua"]);
+    forkmon.wait_stdout("finished", 1);
+    let err = forkmon.stderr();
+    for name in ["main.lua", "foo.lua", "bar.lua"] {
+        let line = format!("[forkmon] watch '{}'", d.join(name).display());
+        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
+    }
+    assert_eq!(forkmon.stdout(), "startup\nfoo!\nbar!\nfinished\n");
+
+    save_in_place(&d.join("foo.lua"), "print('hello world!')\n");
+    forkmon.wait_stdout("hello world!", 1);
+    forkmon.wait_stdout("finished", 2);
+    assert!(forkmon.stderr().contains(&format!(
+        "[forkmon] file '{}' changed, resuming from it..",
+        d.join("foo.lua").display()
+    )));
+    assert_eq!(
+        forkmon.stdout(),
+        "startup\nfoo!\nbar!\nfinished\nhello world!\nbar!\nfinished\n",
+        "start-up is not run again"
+    );
+
+    save_in_place(&d.join("bar.lua"), "print('new bar')\n");
+    forkmon.wait_stdout("new bar", 1);
+    forkmon.wait_stdout("finished", 3);
+    assert!(
+        forkmon.stdout().ends_with("finished\nnew bar\nfinished\n"),
+        "resumed from bar.lua, after foo.lua: {}",
+        forkmon.stdout()
+    );
+}
+
+/// The C fixture with each way of opening its file.
+fn resumes_with_new_content(how: &str) {
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "data.txt", "one\n");
+    let forkmon = Forkmon::start(d, &[], &[fixture("watched").to_str().unwrap(), how]);
+    forkmon.wait_stdout("content=one", 1);
+    assert!(
+        forkmon.stderr().contains(&format!(
+            "[forkmon] watch '{}'",
+            d.join("data.txt").display()
+        )),
+        "{}",
+        forkmon.stderr()
+    );
+    save_in_place(&d.join("data.txt"), "two\n");
+    forkmon.wait_stdout("content=two", 1);
+    forkmon.wait_stdout("done pid=", 2);
+    let out = forkmon.stdout();
+    assert_eq!(
+        out.matches("startup").count(),
+        1,
+        "{how}: start-up ran again:\n{out}"
+    );
+    let pids: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("done pid="))
+        .collect();
+    assert_ne!(
+        pids[0], pids[1],
+        "{how}: the resumed run is a fresh process"
+    );
+}
+
+#[test]
+fn c_raw_syscall_openat_resumes() {
+    if bpf_available("c_raw_syscall_openat_resumes") {
+        resumes_with_new_content("syscall");
+    }
+}
+
+#[test]
+fn c_open64_resumes() {
+    if bpf_available("c_open64_resumes") {
+        resumes_with_new_content("open64");
+    }
+}
+
+#[test]
+fn c_fopen_resumes() {
+    if bpf_available("c_fopen_resumes") {
+        resumes_with_new_content("fopen");
+    }
+}
+
+/// An interpreter reading a module it watches: start-up is not rerun.
+fn interpreter_resumes(program: &[&str], module: &str, old: &str, new: &str) {
+    let dir = scratch();
+    let d = dir.path();
+    write(d, module, old);
+    let forkmon = Forkmon::start(d, &[], program);
+    forkmon.wait_stdout("content=one", 1);
+    save_by_rename(&d.join(module), new);
+    forkmon.wait_stdout("content=two", 1);
+    let out = forkmon.stdout();
+    assert_eq!(
+        out.matches("startup").count(),
+        1,
+        "start-up ran again:\n{out}"
+    );
+}
+
+#[test]
+fn python_import_resumes() {
+    if !bpf_available("python_import_resumes") {
+        return;
+    }
+    interpreter_resumes(
+        &[
+            "python3",
+            "-c",
+            "print('startup', flush=True)\nimport mod\nprint('content=' + mod.VALUE, flush=True)",
+        ],
+        "mod.py",
+        "VALUE = 'one'\n",
+        "VALUE = 'two'\n",
+    );
+}
+
+#[test]
+fn perl_require_resumes() {
+    if !bpf_available("perl_require_resumes") {
+        return;
+    }
+    interpreter_resumes(
+        &[
+            "perl",
+            "-e",
+            "$| = 1; print \"startup\\n\"; require './mod.pl'; print \"content=$main::value\\n\";",
+        ],
+        "mod.pl",
+        "$main::value = 'one';\n1;\n",
+        "$main::value = 'two';\n1;\n",
+    );
+}
+
+#[test]
+fn rust_read_to_string_resumes() {
+    if !bpf_available("rust_read_to_string_resumes") {
+        return;
+    }
+    let program = rust_fixture("readfile");
+    interpreter_resumes(&[program.to_str().unwrap()], "data.txt", "one\n", "two\n");
+}
+
+#[test]
+fn chain_resumes_from_the_edited_link() {
+    if !bpf_available("chain_resumes_from_the_edited_link") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "a.lua", "print('a1')\ndofile('b.lua')\n");
+    write(d, "b.lua", "print('b1')\ndofile('c.lua')\n");
+    write(d, "c.lua", "print('c1')\n");
+    let forkmon = Forkmon::start(d, &["--flush", "--filter", "*.lua"], &["lua5.4", "a.lua"]);
+    forkmon.wait_stdout("c1", 1);
+
+    save_in_place(&d.join("b.lua"), "print('b2')\ndofile('c.lua')\n");
+    forkmon.wait_stdout("c1", 2);
+    assert_eq!(
+        forkmon.stdout(),
+        "a1\nb1\nc1\nb2\nc1\n",
+        "resumed from b, not a"
+    );
+
+    save_in_place(&d.join("a.lua"), "print('a2')\ndofile('b.lua')\n");
+    forkmon.wait_stdout("c1", 3);
+    assert_eq!(
+        forkmon.stdout(),
+        "a1\nb1\nc1\nb2\nc1\na2\nb2\nc1\n",
+        "resumed from a"
+    );
+}
+
+#[test]
+fn every_save_style_is_noticed() {
+    if !bpf_available("every_save_style_is_noticed") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "data.txt", "v0\n");
+    let forkmon = Forkmon::start(d, &[], &[fixture("watched").to_str().unwrap()]);
+    forkmon.wait_stdout("content=v0", 1);
+    type Save = fn(&Path, &str);
+    let styles: [(&str, Save); 4] = [
+        ("in place", save_in_place),
+        ("rename over", save_by_rename),
+        ("backup then write", save_backup_then_write),
+        ("delete and recreate", save_delete_recreate),
+    ];
+    for (i, (style, save)) in styles.iter().enumerate() {
+        let content = format!("v{}", i + 1);
+        save(&d.join("data.txt"), &format!("{content}\n"));
+        forkmon.wait_stdout(&format!("content={content}\n"), 1);
+        eprintln!("{style}: resumed");
+    }
+    assert_eq!(forkmon.stdout().matches("startup").count(), 1);
+}
+
+#[test]
+fn second_save_is_never_lost() {
+    if !bpf_available("second_save_is_never_lost") {
+        return;
+    }
+    for gap_ms in [0, 60, 150, 400] {
+        let dir = scratch();
+        let d = dir.path();
+        write(d, "data.txt", "first\n");
+        let forkmon = Forkmon::start(d, &[], &[fixture("watched").to_str().unwrap()]);
+        forkmon.wait_stdout("content=first", 1);
+        save_in_place(&d.join("data.txt"), "second\n");
+        thread::sleep(Duration::from_millis(gap_ms));
+        save_in_place(&d.join("data.txt"), "third\n");
+        forkmon.wait_stdout("content=third", 1);
+        // Whatever ran in between, the last run saw the last content.
+        thread::sleep(Duration::from_millis(600));
+        let out = forkmon.stdout();
+        let last = out.lines().rfind(|l| l.starts_with("content="));
+        assert_eq!(last, Some("content=third"), "gap {gap_ms} ms:\n{out}");
+    }
+}
+
+#[test]
+fn program_exit_then_change_resumes_without_zombies() {
+    if !bpf_available("program_exit_then_change_resumes_without_zombies") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "data.txt", "one\n");
+    let forkmon = Forkmon::start(d, &[], &[fixture("watched").to_str().unwrap()]);
+    forkmon.wait_stdout("done pid=", 1);
+    forkmon.wait_stderr("program exited with status 0", 1);
+    save_by_rename(&d.join("data.txt"), "two\n");
+    forkmon.wait_stdout("content=two", 1);
+    forkmon.wait_stderr("program exited with status 0", 2);
+    thread::sleep(Duration::from_millis(200));
+    let mut zombies = zombies_of(forkmon.pid());
+    for pid in forkmon.tree() {
+        zombies.extend(zombies_of(pid));
+    }
+    assert!(zombies.is_empty(), "zombies left: {zombies:?}");
+}
+
+fn nothing_remains_after(signal: i32) {
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "data.txt", "one\n");
+    // A subprocess that outlives the run: it must be stopped too.
+    let mut forkmon = Forkmon::start(
+        d,
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("sleep 1000 & exec {} syscall", fixture("watched").display()),
+        ],
+    );
+    forkmon.wait_stdout("done pid=", 1);
+    assert!(
+        forkmon.tree().len() >= 2,
+        "checkpoint and subprocess: {:?}",
+        forkmon.tree()
+    );
+    forkmon.signal(signal);
+    forkmon.wait();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(forkmon.tree(), Vec::<i32>::new(), "after signal {signal}");
+}
+
+#[test]
+fn nothing_remains_after_ctrl_c() {
+    if bpf_available("nothing_remains_after_ctrl_c") {
+        nothing_remains_after(libc::SIGINT);
+    }
+}
+
+#[test]
+fn nothing_remains_after_sigterm() {
+    if bpf_available("nothing_remains_after_sigterm") {
+        nothing_remains_after(libc::SIGTERM);
+    }
+}
+
+#[test]
+fn nothing_remains_after_sigkill() {
+    if bpf_available("nothing_remains_after_sigkill") {
+        nothing_remains_after(libc::SIGKILL);
+    }
+}
+
+#[test]
+fn flush_option_prints_startup_output_once() {
+    if !bpf_available("flush_option_prints_startup_output_once") {
+        return;
+    }
+    for (options, startups) in [(&["--flush"][..], 1), (&[][..], 2)] {
+        let dir = scratch();
+        let d = dir.path();
+        write(d, "data.txt", "one\n");
+        let forkmon = Forkmon::start(d, options, &[fixture("unflushed").to_str().unwrap()]);
+        forkmon.wait_stdout("content=one", 1);
+        save_in_place(&d.join("data.txt"), "two\n");
+        forkmon.wait_stdout("content=two", 1);
+        assert_eq!(
+            forkmon.stdout().matches("startup").count(),
+            startups,
+            "{options:?}: {}",
+            forkmon.stdout()
+        );
+    }
+}
+
+#[test]
+fn threaded_process_is_not_checkpointed() {
+    if !bpf_available("threaded_process_is_not_checkpointed") {
+        return;
+    }
+    let dir = scratch();
+    write(dir.path(), "data.txt", "one\n");
+    let mut forkmon = Forkmon::start(dir.path(), &[], &[fixture("threads").to_str().unwrap()]);
+    let status = forkmon.wait();
+    assert!(status.success(), "{}", forkmon.stderr());
+    assert_eq!(forkmon.stdout(), "content=one\n");
+    let err = forkmon.stderr();
+    assert_eq!(
+        err.matches("threads: not checkpointing").count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("watch '"), "{err}");
+}
+
+#[test]
+fn subprocesses_are_not_checkpointed() {
+    if !bpf_available("subprocesses_are_not_checkpointed") {
+        return;
+    }
+    let dir = scratch();
+    write(dir.path(), "data.txt", "one\n");
+    let mut forkmon = Forkmon::start(dir.path(), &[], &["sh", "-c", "cat data.txt; exit 3"]);
+    let status = forkmon.wait();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exits with the program's status when nothing waits"
+    );
+    assert_eq!(forkmon.stdout(), "one\n");
+    assert!(
+        !forkmon.stderr().contains("watch '"),
+        "{}",
+        forkmon.stderr()
+    );
+}
+
+#[test]
+fn bad_options_get_one_line_errors_before_the_program_starts() {
+    if !bpf_available("bad_options_get_one_line_errors_before_the_program_starts") {
+        return;
+    }
+    let dir = scratch();
+    let marker = dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    for (options, env, names) in [
+        (&["--restart-delay", "-1"][..], None, "--restart-delay"),
+        (&["--ignore-delay", "soon"][..], None, "--ignore-delay"),
+        (&[][..], Some(("FORKMON_FILTER", "%")), "FORKMON_FILTER"),
+        (&["--filter", "[a"][..], None, "--filter"),
+    ] {
+        let mut forkmon = Forkmon::start_with(dir.path(), options, &["sh", "-c", &touch], |cmd| {
+            if let Some((key, value)) = env {
+                cmd.env(key, value);
+            }
+        });
+        let status = forkmon.wait();
+        assert!(!status.success());
+        let err = forkmon.stderr();
+        assert!(err.contains(names), "{options:?} {env:?}: {err}");
+        assert!(err.trim_end().lines().count() <= 2, "short error: {err}");
+        assert!(!marker.exists(), "the program must not start");
+    }
+}
