@@ -170,6 +170,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 }
             }
             changed = supervisor.watcher.changed() => {
+                debug!("change reported");
                 supervisor.on_changes(changed?)?;
             }
             _ = sigchld.recv() => {
@@ -325,8 +326,10 @@ impl Supervisor {
                     debug!("child {} of a stale checkpoint", message.pid);
                     return Ok(());
                 }
+                let t = std::time::Instant::now();
                 let group = self.session.new_child(checkpoint.group)?;
                 self.session.add_process(group, message.pid)?;
+                debug!("new child's cgroup in {:?}", t.elapsed());
                 checkpoint.child = Some((message.pid, group));
                 self.leaf = Some((message.pid, group));
                 self.paths
@@ -370,7 +373,9 @@ impl Supervisor {
         }
         let checkpoint = &mut self.chain[index];
         if let Some((child, group)) = checkpoint.child.take() {
+            let t = std::time::Instant::now();
             self.session.kill(group)?;
+            debug!("killed the subtree in {:?}", t.elapsed());
             self.processes.remove(&child);
         }
         self.leaf = None;

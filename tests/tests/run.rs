@@ -314,53 +314,6 @@ fn program_exit_then_change_resumes_without_zombies() {
     assert!(zombies.is_empty(), "zombies left: {zombies:?}");
 }
 
-fn nothing_remains_after(signal: i32) {
-    let dir = scratch();
-    let d = dir.path();
-    write(d, "data.txt", "one\n");
-    // A subprocess that outlives the run: it must be stopped too.
-    let mut forkmon = Forkmon::start(
-        d,
-        &[],
-        &[
-            "sh",
-            "-c",
-            &format!("sleep 1000 & exec {} syscall", fixture("watched").display()),
-        ],
-    );
-    forkmon.wait_stdout("done pid=", 1);
-    assert!(
-        forkmon.tree().len() >= 2,
-        "checkpoint and subprocess: {:?}",
-        forkmon.tree()
-    );
-    forkmon.signal(signal);
-    forkmon.wait();
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(forkmon.tree(), Vec::<i32>::new(), "after signal {signal}");
-}
-
-#[test]
-fn nothing_remains_after_ctrl_c() {
-    if bpf_available("nothing_remains_after_ctrl_c") {
-        nothing_remains_after(libc::SIGINT);
-    }
-}
-
-#[test]
-fn nothing_remains_after_sigterm() {
-    if bpf_available("nothing_remains_after_sigterm") {
-        nothing_remains_after(libc::SIGTERM);
-    }
-}
-
-#[test]
-fn nothing_remains_after_sigkill() {
-    if bpf_available("nothing_remains_after_sigkill") {
-        nothing_remains_after(libc::SIGKILL);
-    }
-}
-
 #[test]
 fn flush_option_prints_startup_output_once() {
     if !bpf_available("flush_option_prints_startup_output_once") {

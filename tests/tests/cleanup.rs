@@ -1,0 +1,95 @@
+//! Whatever ends forkmon — Ctrl-C, SIGTERM, SIGKILL — nothing of the run
+//! remains: no process of the program's tree (subprocesses included), no
+//! BPF program, no cgroup. One test, run alone in its binary, so counting
+//! the system's BPF programs is not disturbed by other forkmon runs.
+mod support;
+
+use std::{fs, os::unix::fs::PermissionsExt as _, thread, time::Duration};
+
+use support::{bpf_available, fixture, live::Forkmon};
+
+/// forkmon's programs loaded in the kernel, by a name only forkmon uses.
+fn forkmon_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str() == Some("task_newtask"))
+        .count()
+}
+
+fn forkmon_cgroups() -> Vec<String> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("forkmon-"))
+        .collect()
+}
+
+/// Waits up to 5 s for `done`.
+fn eventually(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
+    if !bpf_available("nothing_remains_after_ctrl_c_sigterm_or_sigkill") {
+        return;
+    }
+    let programs_before = forkmon_programs();
+    let cgroups_before = forkmon_cgroups();
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(dir.path().join("data.txt"), "one\n").unwrap();
+        // A subprocess that would outlive the run, escaping to its own
+        // session: it must be stopped too.
+        let program = format!(
+            "setsid sleep 1000 & exec {} syscall",
+            fixture("watched").display()
+        );
+        let mut forkmon = Forkmon::start(dir.path(), &[], &["sh", "-c", &program]);
+        forkmon.wait_stdout("done pid=", 1);
+        assert!(
+            forkmon.tree().len() >= 2,
+            "checkpoint and subprocess: {:?}",
+            forkmon.tree()
+        );
+        assert!(
+            forkmon_programs() > programs_before,
+            "forkmon's BPF programs are loaded"
+        );
+
+        forkmon.signal(signal);
+        let status = forkmon.wait();
+        if signal != libc::SIGKILL {
+            // Ctrl-C ends the run: forkmon exits with the program's last
+            // status, which was a success.
+            assert_eq!(status.code(), Some(0), "signal {signal}");
+        }
+        // After SIGKILL the watchdog cleans up, and the kernel frees the
+        // programs of a dead process asynchronously: give both a moment.
+        eventually(|| forkmon.tree().is_empty());
+        assert_eq!(
+            forkmon.tree(),
+            Vec::<i32>::new(),
+            "processes left after signal {signal}"
+        );
+        eventually(|| forkmon_programs() == programs_before);
+        assert_eq!(
+            forkmon_programs(),
+            programs_before,
+            "BPF programs left after signal {signal}"
+        );
+        eventually(|| forkmon_cgroups() == cgroups_before);
+        assert_eq!(
+            forkmon_cgroups(),
+            cgroups_before,
+            "cgroups left after signal {signal}"
+        );
+    }
+}
