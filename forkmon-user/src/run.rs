@@ -54,6 +54,13 @@ struct Checkpoint {
     /// Its current child and that child's cgroup (which holds everything
     /// below this checkpoint), once the child has registered.
     child: Option<(i32, GroupId)>,
+    /// A child was asked for (CHECKPOINT or RESUME) and has not registered
+    /// yet: a resume must wait for it, or the checkpoint would wait for a
+    /// child nobody kills.
+    awaiting_child: bool,
+    /// The file changed again while awaiting the child: resume once more
+    /// as soon as it registers.
+    resume_again: bool,
 }
 
 /// A registered process: the only ones forkmon can talk to.
@@ -170,7 +177,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 }
             }
             changed = supervisor.watcher.changed() => {
-                debug!("change reported");
                 supervisor.on_changes(changed?)?;
             }
             _ = sigchld.recv() => {
@@ -228,7 +234,10 @@ impl Supervisor {
         match record {
             Owned::Process(process) => match process.kind {
                 record_kind::FORK => self.paths.on_fork(process.pid, process.ppid),
-                record_kind::EXIT => self.paths.on_exit(process.pid),
+                record_kind::EXIT => {
+                    self.paths.on_exit(process.pid);
+                    self.on_exit(process.pid as i32);
+                }
                 _ => {}
             },
             Owned::Open(open) => {
@@ -271,6 +280,8 @@ impl Supervisor {
             pid,
             group,
             child: None,
+            awaiting_child: true,
+            resume_again: false,
         });
         send_command(&process.eventfd, CMD_CHECKPOINT)?;
         Ok(())
@@ -326,17 +337,28 @@ impl Supervisor {
                     debug!("child {} of a stale checkpoint", message.pid);
                     return Ok(());
                 }
-                let t = std::time::Instant::now();
+                let started = std::time::Instant::now();
                 let group = self.session.new_child(checkpoint.group)?;
                 self.session.add_process(group, message.pid)?;
-                debug!("new child's cgroup in {:?}", t.elapsed());
+                debug!(
+                    "moved {} into its cgroup in {:?}",
+                    message.pid,
+                    started.elapsed()
+                );
                 checkpoint.child = Some((message.pid, group));
+                checkpoint.awaiting_child = false;
+                let resume_again = std::mem::take(&mut checkpoint.resume_again);
                 self.leaf = Some((message.pid, group));
                 self.paths
                     .on_fork(message.pid as u32, message.checkpoint as u32);
-                self.probes.arm(message.pid as u32)?;
-                send_command(&eventfd, CMD_GO)?;
                 self.processes.insert(message.pid, Process { eventfd });
+                if resume_again {
+                    // Stale already: it never runs.
+                    self.resume_from(self.chain.len() - 1)?;
+                    return Ok(());
+                }
+                self.probes.arm(message.pid as u32)?;
+                send_command(&self.processes[&message.pid].eventfd, CMD_GO)?;
             }
             stub::MSG_EXITED => {
                 self.processes.remove(&message.pid);
@@ -363,9 +385,18 @@ impl Supervisor {
 
     /// Resume from the earliest checkpoint among the changed files.
     fn on_changes(&mut self, changed: Vec<PathBuf>) -> anyhow::Result<()> {
-        let Some(index) = self.chain.iter().position(|c| changed.contains(&c.file)) else {
+        match self.chain.iter().position(|c| changed.contains(&c.file)) {
+            Some(index) => self.resume_from(index),
+            None => Ok(()),
+        }
+    }
+
+    /// Kill everything below checkpoint `index` and have it fork afresh.
+    fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
+        if self.chain[index].awaiting_child {
+            self.chain[index].resume_again = true;
             return Ok(());
-        };
+        }
         self.report.changed(&self.chain[index].file);
         for later in self.chain.drain(index + 1..) {
             self.watcher.unwatch(&later.file);
@@ -373,11 +404,16 @@ impl Supervisor {
         }
         let checkpoint = &mut self.chain[index];
         if let Some((child, group)) = checkpoint.child.take() {
-            let t = std::time::Instant::now();
+            let started = std::time::Instant::now();
             self.session.kill(group)?;
-            debug!("killed the subtree in {:?}", t.elapsed());
+            debug!(
+                "killed the subtree below {} in {:?}",
+                checkpoint.pid,
+                started.elapsed()
+            );
             self.processes.remove(&child);
         }
+        checkpoint.awaiting_child = true;
         self.leaf = None;
         let pid = checkpoint.pid;
         match self.processes.get(&pid) {
@@ -385,6 +421,25 @@ impl Supervisor {
             None => warn!("checkpoint {pid} is gone"),
         }
         Ok(())
+    }
+
+    /// A checkpoint died (killed from outside): it and every later one are
+    /// gone, and nothing can be resumed from them.
+    fn on_exit(&mut self, pid: i32) {
+        let Some(index) = self.chain.iter().position(|c| c.pid == pid) else {
+            return;
+        };
+        self.report.warn(&format!(
+            "the checkpoint at '{}' died; it can no longer be resumed",
+            self.chain[index].file.display()
+        ));
+        for gone in self.chain.drain(index..) {
+            self.watcher.unwatch(&gone.file);
+            self.processes.remove(&gone.pid);
+        }
+        if self.chain.is_empty() {
+            self.leaf = None;
+        }
     }
 
     /// Reaps what forkmon is the parent (or subreaper) of. Returns the exit

@@ -293,6 +293,33 @@ fn second_save_is_never_lost() {
 }
 
 #[test]
+fn rapid_saves_without_delays_end_on_the_last_content() {
+    if !bpf_available("rapid_saves_without_delays_end_on_the_last_content") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "data.txt", "v0\n");
+    let forkmon = Forkmon::start(
+        d,
+        &["--restart-delay", "0", "--ignore-delay", "0"],
+        &[fixture("watched").to_str().unwrap()],
+    );
+    forkmon.wait_stdout("content=v0", 1);
+    // Saves land while resumed children are still starting.
+    for i in 1..=8 {
+        save_in_place(&d.join("data.txt"), &format!("v{i}\n"));
+        thread::sleep(Duration::from_millis(3));
+    }
+    forkmon.wait_stdout("content=v8", 1);
+    thread::sleep(Duration::from_millis(500));
+    let out = forkmon.stdout();
+    let last = out.lines().rfind(|l| l.starts_with("content="));
+    assert_eq!(last, Some("content=v8"), "{out}");
+    assert_eq!(out.matches("startup").count(), 1, "{out}");
+}
+
+#[test]
 fn program_exit_then_change_resumes_without_zombies() {
     if !bpf_available("program_exit_then_change_resumes_without_zombies") {
         return;
