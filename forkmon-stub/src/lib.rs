@@ -267,6 +267,22 @@ unsafe fn checkpoint(fd: i32) {
             fail(me, fd, libc::EBADF);
             return;
         };
+        // A checkpoint lives until forkmon kills it. Ctrl-C in the terminal
+        // reaches the whole process group: let it stop the running program
+        // and forkmon, not the checkpoints (forkmon then stops them). The
+        // child gets the program's own mask back when the handler returns.
+        let mut terminal_signals: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut terminal_signals);
+        for signal in [
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTSTP,
+            libc::SIGTERM,
+            libc::SIGHUP,
+        ] {
+            libc::sigaddset(&mut terminal_signals, signal);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &terminal_signals, ptr::null_mut());
         if FLUSH.load(Ordering::Relaxed) {
             // Not async-signal-safe in general, but the program is inside
             // open(), not inside stdio; opt-in and documented.

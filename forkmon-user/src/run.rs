@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut sigchld = signal(SignalKind::child())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     // Orphans of killed subtrees are reparented to us, not to init.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
@@ -186,6 +187,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
             _ = sigint.recv() => break supervisor.exit_status(libc::SIGINT),
             _ = sigterm.recv() => break supervisor.exit_status(libc::SIGTERM),
+            _ = sighup.recv() => break supervisor.exit_status(libc::SIGHUP),
         }
     };
     supervisor

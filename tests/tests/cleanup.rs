@@ -42,7 +42,13 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
     }
     let programs_before = forkmon_programs();
     let cgroups_before = forkmon_cgroups();
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+    // (signal, sent to the whole process group as a terminal's Ctrl-C is)
+    for (signal, to_group) in [
+        (libc::SIGINT, false),
+        (libc::SIGINT, true),
+        (libc::SIGTERM, false),
+        (libc::SIGKILL, false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         fs::write(dir.path().join("data.txt"), "one\n").unwrap();
@@ -52,7 +58,10 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
             "setsid sleep 1000 & exec {} syscall",
             fixture("watched").display()
         );
-        let mut forkmon = Forkmon::start(dir.path(), &[], &["sh", "-c", &program]);
+        let mut forkmon = Forkmon::start_with(dir.path(), &[], &["sh", "-c", &program], |cmd| {
+            use std::os::unix::process::CommandExt as _;
+            cmd.process_group(0);
+        });
         forkmon.wait_stdout("done pid=", 1);
         assert!(
             forkmon.tree().len() >= 2,
@@ -64,12 +73,22 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
             "forkmon's BPF programs are loaded"
         );
 
-        forkmon.signal(signal);
+        if to_group {
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::killpg(forkmon.pid(), signal) };
+        } else {
+            forkmon.signal(signal);
+        }
         let status = forkmon.wait();
         if signal != libc::SIGKILL {
             // Ctrl-C ends the run: forkmon exits with the program's last
             // status, which was a success.
             assert_eq!(status.code(), Some(0), "signal {signal}");
+            assert!(
+                !forkmon.stderr().contains("died"),
+                "checkpoints outlive a Ctrl-C until forkmon stops them:\n{}",
+                forkmon.stderr()
+            );
         }
         // After SIGKILL the watchdog cleans up, and the kernel frees the
         // programs of a dead process asynchronously: give both a moment.
