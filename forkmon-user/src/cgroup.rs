@@ -389,7 +389,6 @@ impl Session {
         })
     }
 
-    #[cfg(test)]
     /// Pids of the processes directly in `group` (not in nested groups).
     pub fn procs(&self, group: GroupId) -> Result<Vec<i32>, CgroupError> {
         let node = self.live(group)?;

@@ -29,7 +29,7 @@ use nix::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cgroup::{GroupId, Session},
+    cgroup::{CgroupError, GroupId, Session},
     channel::{Registration, Registrations, send_command},
     cli::RunArgs,
     events::Events,
@@ -339,28 +339,25 @@ impl Supervisor {
                     debug!("child {} of a stale checkpoint", message.pid);
                     return Ok(());
                 }
-                let started = std::time::Instant::now();
-                let group = self.session.new_child(checkpoint.group)?;
-                self.session.add_process(group, message.pid)?;
-                debug!(
-                    "moved {} into its cgroup in {:?}",
-                    message.pid,
-                    started.elapsed()
-                );
-                checkpoint.child = Some((message.pid, group));
                 checkpoint.awaiting_child = false;
                 let resume_again = std::mem::take(&mut checkpoint.resume_again);
-                self.leaf = Some((message.pid, group));
+                let parent_group = checkpoint.group;
                 self.paths
                     .on_fork(message.pid as u32, message.checkpoint as u32);
                 self.processes.insert(message.pid, Process { eventfd });
                 if resume_again {
                     // Stale already: it never runs.
+                    self.adopt_child(message.pid, parent_group)?;
                     self.resume_from(self.chain.len() - 1)?;
                     return Ok(());
                 }
+                // Let it run first: moving a process between cgroups waits
+                // for an RCU grace period (~10 ms here), which must not be
+                // on the resume path. What it spawns meanwhile is swept
+                // into its cgroup by adopt_child.
                 self.probes.arm(message.pid as u32)?;
                 send_command(&self.processes[&message.pid].eventfd, CMD_GO)?;
+                self.adopt_child(message.pid, parent_group)?;
             }
             stub::MSG_EXITED => {
                 self.processes.remove(&message.pid);
@@ -383,6 +380,36 @@ impl Supervisor {
             _ => debug!("unknown stub message {message:?}"),
         }
         Ok(())
+    }
+
+    /// Gives the last checkpoint's new child its own cgroup, with whatever it
+    /// already spawned (found in the checkpoint's cgroup by ancestry).
+    fn adopt_child(&mut self, child: i32, parent_group: GroupId) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let group = self.session.new_child(parent_group)?;
+        self.move_process(group, child)?;
+        for pid in self.session.procs(parent_group)? {
+            if descends_from(pid, child) {
+                self.move_process(group, pid)?;
+            }
+        }
+        debug!("moved {child} into its cgroup in {:?}", started.elapsed());
+        if let Some(checkpoint) = self.chain.last_mut() {
+            checkpoint.child = Some((child, group));
+        }
+        self.leaf = Some((child, group));
+        Ok(())
+    }
+
+    /// Moves `pid` into `group`; one that already exited (it ran while we
+    /// got to it) needs no moving.
+    fn move_process(&self, group: GroupId, pid: i32) -> anyhow::Result<()> {
+        match self.session.add_process(group, pid) {
+            Err(CgroupError::Io { error, .. }) if error.raw_os_error() == Some(libc::ESRCH) => {
+                Ok(())
+            }
+            result => Ok(result?),
+        }
     }
 
     /// Resume from the earliest checkpoint among the changed files.
@@ -489,6 +516,34 @@ fn wait_status_code(status: i32) -> u8 {
     } else {
         128 + libc::WTERMSIG(status) as u8
     }
+}
+
+/// Whether `ancestor` is `pid`'s parent, grandparent, … (by /proc).
+fn descends_from(mut pid: i32, ancestor: i32) -> bool {
+    for _ in 0..64 {
+        let Some(parent) = parent_of(pid) else {
+            return false;
+        };
+        if parent == ancestor {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        pid = parent;
+    }
+    false
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces and ')').
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn is_regular_file(path: &Path) -> bool {
