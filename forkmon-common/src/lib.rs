@@ -82,19 +82,31 @@ pub mod stub {
 
     /// Commands forkmon writes to a process's eventfd. At most one is ever
     /// outstanding per process (eventfd values add up).
+    ///
+    /// Carry on: no checkpoint here; to a registered process, you may run;
+    /// to a checkpoint's waiting child, run now (re-open the file, return).
     pub const CMD_GO: u64 = 1;
-    /// Fork here: the process becomes a checkpoint, its child goes on.
+    /// Fork here: the process becomes a checkpoint. It forks one child at
+    /// once; children wait, registered, until forkmon tells one to run.
     pub const CMD_CHECKPOINT: u64 = 2;
-    /// To a checkpoint whose child subtree forkmon killed: fork a fresh child.
-    pub const CMD_RESUME: u64 = 3;
+    /// To a checkpoint: fork one more waiting child (the standby that the
+    /// next resume will wake, so a resume needs no fork).
+    pub const CMD_FORK: u64 = 3;
+
+    /// Or'ed into the stub's own re-open: not a valid open flag, so the
+    /// kernel ignores it, but the eBPF program sees it and never signals.
+    pub const REOPEN_MARK: u64 = 0x4000_0000;
 
     /// A process registered (its eventfd is attached): the target at start.
     pub const MSG_HELLO: u32 = 1;
-    /// A checkpoint's new child registered (its eventfd is attached).
+    /// A checkpoint's new child registered (its eventfd is attached); it
+    /// waits for `CMD_GO`.
     pub const MSG_CHILD: u32 = 2;
-    /// A checkpoint reaped its child; `status` is the raw wait status.
+    /// A checkpoint reaped one of its children; `status` is the raw wait
+    /// status.
     pub const MSG_EXITED: u32 = 3;
-    /// A checkpoint could not be made; `status` is the errno.
+    /// A checkpoint could not fork; `status` is the errno, `checkpoint` is 1
+    /// if the process gave up being a checkpoint and runs on.
     pub const MSG_FAILED: u32 = 4;
 
     /// One registration-socket message.

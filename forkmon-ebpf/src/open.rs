@@ -169,6 +169,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 /// Only read-only opens of files may become checkpoints: re-opening a file
 /// the program writes would corrupt it.
 fn is_checkpointable(flags: u64) -> bool {
+    if flags & stub::REOPEN_MARK != 0 {
+        return false; // the stub's own re-open in a resumed child
+    }
     const O_ACCMODE: u64 = 0o3;
     const O_CREAT: u64 = 0o100;
     const O_TRUNC: u64 = 0o1000;

@@ -16,14 +16,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::{
-    mem::{MaybeUninit, size_of, zeroed},
+    mem::{size_of, zeroed},
     ptr,
     sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
 use forkmon_common::stub::{
-    CMD_CHECKPOINT, CMD_GO, CMD_RESUME, ENV_FLUSH, ENV_SOCKET, MSG_CHILD, MSG_EXITED, MSG_FAILED,
-    MSG_HELLO, Message, SIGNAL,
+    CMD_CHECKPOINT, CMD_FORK, CMD_GO, ENV_FLUSH, ENV_SOCKET, MSG_CHILD, MSG_EXITED, MSG_FAILED,
+    MSG_HELLO, Message, REOPEN_MARK, SIGNAL,
 };
 
 /// The registration socket shared by the whole tree.
@@ -257,14 +257,17 @@ fn write_decimal(out: &mut [u8], mut n: i32) {
     out[len] = 0;
 }
 
-/// Becomes a checkpoint: fork a child that goes on, then wait; on each
-/// RESUME, fork a fresh child. Returns only in a child (or on failure).
+/// Becomes a checkpoint: fork a child at once, then on each FORK command
+/// one more. Each child registers and waits until forkmon tells it to run
+/// (the first at once, the others when the file changes), so a resume costs
+/// no fork. Reaps its children and reports how they ended. Returns only in
+/// a child told to run (or on failure).
 unsafe fn checkpoint(fd: i32) {
     // SAFETY: all calls below are raw syscalls on our own fds and buffers.
     unsafe {
         let me = libc::getpid();
         let Some(file) = capture(fd) else {
-            fail(me, fd, libc::EBADF);
+            fail(me, fd, libc::EBADF, true);
             return;
         };
         // A checkpoint lives until forkmon kills it. Ctrl-C in the terminal
@@ -288,27 +291,55 @@ unsafe fn checkpoint(fd: i32) {
             // open(), not inside stdio; opt-in and documented.
             libc::fflush(ptr::null_mut());
         }
+        let mut children = Children::new();
         loop {
-            let child = _Fork();
-            if child < 0 {
-                fail(me, fd, *libc::__errno_location());
-                return;
+            match fork_child(me, fd, &file) {
+                Forked::Child => return,
+                Forked::Parent(child) => children.add(child),
+                Forked::Failed(errno) => {
+                    // Without any child, give up being a checkpoint: the
+                    // program goes on here.
+                    let give_up = children.is_empty();
+                    fail(me, fd, errno, give_up);
+                    if give_up {
+                        return;
+                    }
+                }
             }
-            if child == 0 {
-                become_child(me, fd, &file);
-                return;
-            }
-            if !wait_for_resume(me, child) {
+            if !children.wait_for_fork_command(me) {
                 libc::_exit(0);
             }
         }
     }
 }
 
-unsafe fn fail(me: i32, fd: i32, errno: i32) {
+enum Forked {
+    Child,
+    Parent(i32),
+    Failed(i32),
+}
+
+unsafe fn fork_child(checkpoint: i32, fd: i32, file: &OpenFile) -> Forked {
+    // SAFETY: _Fork is async-signal-safe; the child only makes raw calls.
+    unsafe {
+        match _Fork() {
+            0 => {
+                become_child(checkpoint, fd, file);
+                Forked::Child
+            }
+            child if child > 0 => Forked::Parent(child),
+            _ => Forked::Failed(*libc::__errno_location()),
+        }
+    }
+}
+
+/// Tells forkmon a fork failed, and whether this process gave up being a
+/// checkpoint (it then runs on as the program).
+unsafe fn fail(me: i32, fd: i32, errno: i32, gave_up: bool) {
     let message = Message {
         kind: MSG_FAILED,
         pid: me,
+        checkpoint: gave_up as i32,
         fd,
         status: errno,
         ..Message::default()
@@ -317,26 +348,15 @@ unsafe fn fail(me: i32, fd: i32, errno: i32) {
     unsafe { send(&message, None) };
 }
 
-/// In the fresh child: die with the checkpoint, re-open the file so it has
-/// its own offset, register, and wait for forkmon's go.
+/// In a fresh child: die with the checkpoint, register, wait to be told to
+/// run, then re-open the file so this run has its own offset and sees the
+/// file as it is *now*.
 unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile) {
     // SAFETY: raw syscalls on our fds and buffers.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if libc::getppid() != checkpoint {
             libc::_exit(127);
-        }
-        // Not armed yet, so this open is not signalled again.
-        let flags = file.status_flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
-        let fresh = libc::open(file.path.as_ptr().cast(), flags | libc::O_CLOEXEC);
-        if fresh >= 0 {
-            let dup_flags = if file.cloexec { libc::O_CLOEXEC } else { 0 };
-            libc::dup3(fresh, fd, dup_flags);
-            libc::close(fresh);
-        } else {
-            // The file is gone: read the old content from the start rather
-            // than from where a previous child left the shared offset.
-            libc::lseek(fd, 0, libc::SEEK_SET);
         }
         let message = Message {
             kind: MSG_CHILD,
@@ -349,63 +369,104 @@ unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile) {
             libc::_exit(127);
         }
         wait_command();
+        // Marked, so the eBPF program does not signal this open.
+        let flags = file.status_flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+        let fresh = libc::open(
+            file.path.as_ptr().cast(),
+            flags | libc::O_CLOEXEC | REOPEN_MARK as i32,
+        );
+        if fresh >= 0 {
+            let dup_flags = if file.cloexec { libc::O_CLOEXEC } else { 0 };
+            libc::dup3(fresh, fd, dup_flags);
+            libc::close(fresh);
+        } else {
+            // The file is gone: read the old content from the start rather
+            // than from where a previous child left the shared offset.
+            libc::lseek(fd, 0, libc::SEEK_SET);
+        }
     }
 }
 
-/// In the checkpoint: report the child's exit if it ends on its own, and
-/// wait for RESUME (true) — or for forkmon to go away (false).
-unsafe fn wait_for_resume(me: i32, child: i32) -> bool {
-    // SAFETY: raw syscalls on our fds.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, child, 0) as i32;
-        let eventfd = EVENTFD.load(Ordering::Relaxed);
-        let mut child_reaped = false;
-        loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: eventfd,
+/// A checkpoint's live children, each with a pidfd to notice its end.
+struct Children {
+    pid: [i32; MAX_CHILDREN],
+    pidfd: [i32; MAX_CHILDREN],
+}
+
+/// A running child, a waiting one, and ones being killed.
+const MAX_CHILDREN: usize = 8;
+
+impl Children {
+    fn new() -> Children {
+        Children {
+            pid: [0; MAX_CHILDREN],
+            pidfd: [-1; MAX_CHILDREN],
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pid.iter().all(|&p| p == 0)
+    }
+
+    unsafe fn add(&mut self, child: i32) {
+        if let Some(slot) = self.pid.iter().position(|&p| p == 0) {
+            self.pid[slot] = child;
+            // SAFETY: pidfd_open on our own child.
+            self.pidfd[slot] = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) } as i32;
+        }
+    }
+
+    /// Reaps children as they end (telling forkmon how) until forkmon asks
+    /// for a new child (true) or is gone (false).
+    unsafe fn wait_for_fork_command(&mut self, me: i32) -> bool {
+        // SAFETY: raw syscalls on our fds.
+        unsafe {
+            let eventfd = EVENTFD.load(Ordering::Relaxed);
+            loop {
+                let mut fds = [libc::pollfd {
+                    fd: -1,
                     events: libc::POLLIN,
                     revents: 0,
-                },
-                libc::pollfd {
-                    fd: if child_reaped { -1 } else { pidfd },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
-                if *libc::__errno_location() == libc::EINTR {
-                    continue;
+                }; MAX_CHILDREN + 1];
+                fds[0].fd = eventfd;
+                for (slot, pidfd) in self.pidfd.iter().enumerate() {
+                    fds[slot + 1].fd = *pidfd;
                 }
-                return false;
-            }
-            if fds[1].revents != 0 && !child_reaped {
-                let mut status = 0;
-                libc::waitpid(child, &mut status, 0);
-                child_reaped = true;
-                let message = Message {
-                    kind: MSG_EXITED,
-                    pid: child,
-                    checkpoint: me,
-                    status,
-                    ..Message::default()
-                };
-                send(&message, None);
-            }
-            if fds[0].revents != 0 {
-                let command = wait_command();
-                if command == CMD_RESUME {
-                    if !child_reaped {
-                        // forkmon killed the subtree; collect the child.
-                        let mut status = MaybeUninit::<i32>::uninit();
-                        libc::waitpid(child, status.as_mut_ptr(), 0);
+                if libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) < 0 {
+                    if *libc::__errno_location() == libc::EINTR {
+                        continue;
                     }
-                    if pidfd >= 0 {
-                        libc::close(pidfd);
+                    return false;
+                }
+                for slot in 0..MAX_CHILDREN {
+                    if fds[slot + 1].revents != 0 {
+                        self.reap(me, slot);
                     }
+                }
+                if fds[0].revents != 0 && wait_command() == CMD_FORK {
                     return true;
                 }
             }
         }
+    }
+
+    unsafe fn reap(&mut self, me: i32, slot: usize) {
+        let mut status = 0;
+        // SAFETY: waiting for our own child; closing our own pidfd.
+        unsafe {
+            libc::waitpid(self.pid[slot], &mut status, 0);
+            libc::close(self.pidfd[slot]);
+        }
+        let message = Message {
+            kind: MSG_EXITED,
+            pid: self.pid[slot],
+            checkpoint: me,
+            status,
+            ..Message::default()
+        };
+        self.pid[slot] = 0;
+        self.pidfd[slot] = -1;
+        // SAFETY: a plain sendmsg.
+        unsafe { send(&message, None) };
     }
 }

@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use forkmon_common::{
     OpenRecord, PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN,
     PREFILTER_SUFFIX_LEN, PrefilterConfig, Record, record_kind,
-    stub::{self, CMD_CHECKPOINT, CMD_GO, CMD_RESUME},
+    stub::{self, CMD_CHECKPOINT, CMD_FORK, CMD_GO},
 };
 use log::{debug, warn};
 use nix::{
@@ -51,16 +51,17 @@ struct Checkpoint {
     pid: i32,
     /// Its cgroup: the checkpoint's own (it was the leaf until now).
     group: GroupId,
-    /// Its current child and that child's cgroup (which holds everything
-    /// below this checkpoint), once the child has registered.
+    /// The child that runs (or ran) the program from here, and its cgroup,
+    /// which holds everything below this checkpoint.
     child: Option<(i32, GroupId)>,
-    /// A child was asked for (CHECKPOINT or RESUME) and has not registered
-    /// yet: a resume must wait for it, or the checkpoint would wait for a
-    /// child nobody kills.
-    awaiting_child: bool,
-    /// The file changed again while awaiting the child: resume once more
-    /// as soon as it registers.
-    resume_again: bool,
+    /// A registered child waiting to run: the next resume wakes it instead
+    /// of forking. Prepared while the program is idle (see `prepare_standbys`).
+    standby: Option<i32>,
+    /// A child was asked for and has not registered yet.
+    forking: bool,
+    /// No standby was ready when one was needed: the next child to
+    /// register runs at once.
+    run_next: bool,
 }
 
 /// A registered process: the only ones forkmon can talk to.
@@ -282,8 +283,9 @@ impl Supervisor {
             pid,
             group,
             child: None,
-            awaiting_child: true,
-            resume_again: false,
+            standby: None,
+            forking: true,
+            run_next: true,
         });
         send_command(&process.eventfd, CMD_CHECKPOINT)?;
         Ok(())
@@ -332,49 +334,59 @@ impl Supervisor {
                 let Some(eventfd) = registration.eventfd else {
                     return Ok(());
                 };
-                let Some(checkpoint) = self.chain.last_mut() else {
-                    return Ok(());
-                };
-                if checkpoint.pid != message.checkpoint {
+                let Some(index) = self.chain.iter().position(|c| c.pid == message.checkpoint)
+                else {
                     debug!("child {} of a stale checkpoint", message.pid);
                     return Ok(());
-                }
-                checkpoint.awaiting_child = false;
-                let resume_again = std::mem::take(&mut checkpoint.resume_again);
-                let parent_group = checkpoint.group;
+                };
                 self.paths
                     .on_fork(message.pid as u32, message.checkpoint as u32);
                 self.processes.insert(message.pid, Process { eventfd });
-                if resume_again {
-                    // Stale already: it never runs.
-                    self.adopt_child(message.pid, parent_group)?;
-                    self.resume_from(self.chain.len() - 1)?;
-                    return Ok(());
+                let checkpoint = &mut self.chain[index];
+                checkpoint.forking = false;
+                if std::mem::take(&mut checkpoint.run_next) {
+                    self.run_child(index, message.pid)?;
+                } else {
+                    checkpoint.standby = Some(message.pid);
                 }
-                // Let it run first: moving a process between cgroups waits
-                // for an RCU grace period (~10 ms here), which must not be
-                // on the resume path. What it spawns meanwhile is swept
-                // into its cgroup by adopt_child.
-                self.probes.arm(message.pid as u32)?;
-                send_command(&self.processes[&message.pid].eventfd, CMD_GO)?;
-                self.adopt_child(message.pid, parent_group)?;
             }
             stub::MSG_EXITED => {
                 self.processes.remove(&message.pid);
                 if self.leaf.map(|(leaf, _)| leaf) == Some(message.pid) {
                     self.last_status = Some(message.status);
                     self.report.exited(message.status);
+                    self.prepare_standbys()?;
+                }
+                if let Some(index) = self
+                    .chain
+                    .iter()
+                    .position(|c| c.standby == Some(message.pid))
+                {
+                    // Killed from outside while waiting: prepare another.
+                    self.chain[index].standby = None;
+                    self.request_standby(index)?;
                 }
             }
             stub::MSG_FAILED => {
-                if let Some(checkpoint) = self.chain.pop_if(|c| c.pid == message.pid) {
+                let Some(index) = self.chain.iter().position(|c| c.pid == message.pid) else {
+                    return Ok(());
+                };
+                let error = nix::errno::Errno::from_raw(message.status).desc();
+                if message.checkpoint != 0 {
+                    // It runs on as the program, not as a checkpoint.
+                    let checkpoint = self.chain.remove(index);
                     self.watcher.unwatch(&checkpoint.file);
                     self.leaf = Some((checkpoint.pid, checkpoint.group));
                     self.report.warn(&format!(
-                        "cannot checkpoint at '{}': {}",
-                        checkpoint.file.display(),
-                        nix::errno::Errno::from_raw(message.status).desc()
+                        "cannot checkpoint at '{}': {error}",
+                        checkpoint.file.display()
                     ));
+                } else {
+                    self.report.warn(&format!(
+                        "cannot prepare a resume from '{}': {error}",
+                        self.chain[index].file.display()
+                    ));
+                    self.chain[index].forking = false;
                 }
             }
             _ => debug!("unknown stub message {message:?}"),
@@ -382,22 +394,53 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Gives the last checkpoint's new child its own cgroup, with whatever it
-    /// already spawned (found in the checkpoint's cgroup by ancestry).
-    fn adopt_child(&mut self, child: i32, parent_group: GroupId) -> anyhow::Result<()> {
+    /// Lets checkpoint `index`'s registered child `pid` run the program,
+    /// then makes sure a standby is on its way for the next resume.
+    ///
+    /// The child runs first and is moved into its own cgroup right after:
+    /// moving a process between cgroups waits for an RCU grace period
+    /// (~10 ms here), which must not delay the run. What it spawns
+    /// meanwhile is swept along, found by ancestry.
+    fn run_child(&mut self, index: usize, pid: i32) -> anyhow::Result<()> {
+        self.probes.arm(pid as u32)?;
+        send_command(&self.processes[&pid].eventfd, CMD_GO)?;
         let started = std::time::Instant::now();
+        let parent_group = self.chain[index].group;
         let group = self.session.new_child(parent_group)?;
-        self.move_process(group, child)?;
-        for pid in self.session.procs(parent_group)? {
-            if descends_from(pid, child) {
-                self.move_process(group, pid)?;
+        self.move_process(group, pid)?;
+        for other in self.session.procs(parent_group)? {
+            if descends_from(other, pid) {
+                self.move_process(group, other)?;
             }
         }
-        debug!("moved {child} into its cgroup in {:?}", started.elapsed());
-        if let Some(checkpoint) = self.chain.last_mut() {
-            checkpoint.child = Some((child, group));
+        debug!("moved {pid} into its cgroup in {:?}", started.elapsed());
+        self.chain[index].child = Some((pid, group));
+        self.leaf = Some((pid, group));
+        Ok(())
+    }
+
+    /// The program finished and waits for changes: have every checkpoint
+    /// fork the child its next resume will wake. Done while idle, so the
+    /// forks compete with nothing, and a resume costs no fork.
+    fn prepare_standbys(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.chain.len() {
+            self.request_standby(index)?;
         }
-        self.leaf = Some((child, group));
+        Ok(())
+    }
+
+    /// Asks checkpoint `index` to fork its next waiting child, unless one
+    /// is there or on its way (one command outstanding at most).
+    fn request_standby(&mut self, index: usize) -> anyhow::Result<()> {
+        let checkpoint = &mut self.chain[index];
+        if checkpoint.standby.is_some() || checkpoint.forking {
+            return Ok(());
+        }
+        checkpoint.forking = true;
+        match self.processes.get(&checkpoint.pid) {
+            Some(process) => send_command(&process.eventfd, CMD_FORK)?,
+            None => warn!("checkpoint {} is gone", checkpoint.pid),
+        }
         Ok(())
     }
 
@@ -420,17 +463,15 @@ impl Supervisor {
         }
     }
 
-    /// Kill everything below checkpoint `index` and have it fork afresh.
+    /// Kill everything below checkpoint `index` and run its standby (or
+    /// the next child it forks, if none is ready).
     fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
-        if self.chain[index].awaiting_child {
-            self.chain[index].resume_again = true;
-            return Ok(());
-        }
         self.report.changed(&self.chain[index].file);
         for later in self.chain.drain(index + 1..) {
             self.watcher.unwatch(&later.file);
             self.processes.remove(&later.pid);
         }
+        self.leaf = None;
         let checkpoint = &mut self.chain[index];
         if let Some((child, group)) = checkpoint.child.take() {
             let started = std::time::Instant::now();
@@ -442,14 +483,13 @@ impl Supervisor {
             );
             self.processes.remove(&child);
         }
-        checkpoint.awaiting_child = true;
-        self.leaf = None;
-        let pid = checkpoint.pid;
-        match self.processes.get(&pid) {
-            Some(process) => send_command(&process.eventfd, CMD_RESUME)?,
-            None => warn!("checkpoint {pid} is gone"),
+        match checkpoint.standby.take() {
+            Some(standby) => self.run_child(index, standby),
+            None => {
+                checkpoint.run_next = true;
+                self.request_standby(index)
+            }
         }
-        Ok(())
     }
 
     /// A checkpoint died (killed from outside): it and every later one are
