@@ -191,10 +191,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             _ = sighup.recv() => break supervisor.exit_status(libc::SIGHUP),
         }
     };
-    supervisor
-        .session
-        .kill_all()
-        .context("cannot stop the program")?;
+    match supervisor.session.kill_all() {
+        // Killed, only slow to exit: the watchdog removes the cgroups.
+        Err(CgroupError::KillTimeout { pids, .. }) => warn!("still exiting after SIGKILL: {pids}"),
+        result => result.context("cannot stop the program")?,
+    }
     reap_orphans(supervisor.session.watchdog_pid());
     Ok(status)
 }
@@ -467,6 +468,8 @@ impl Supervisor {
     /// the next child it forks, if none is ready).
     fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
         self.report.changed(&self.chain[index].file);
+        // Cgroups left by an earlier kill whose processes were slow to go.
+        self.session.reap_empty();
         for later in self.chain.drain(index + 1..) {
             self.watcher.unwatch(&later.file);
             self.processes.remove(&later.pid);
@@ -475,7 +478,15 @@ impl Supervisor {
         let checkpoint = &mut self.chain[index];
         if let Some((child, group)) = checkpoint.child.take() {
             let started = std::time::Instant::now();
-            self.session.kill(group)?;
+            match self.session.kill(group) {
+                // SIGKILLed processes run no more code of theirs; a slow
+                // exit (thousands of them, a loaded machine) must not stop
+                // the resume. Their cgroups are removed later.
+                Err(CgroupError::KillTimeout { pids, .. }) => {
+                    warn!("still exiting after SIGKILL: {pids}");
+                }
+                result => result?,
+            }
             debug!(
                 "killed the subtree below {} in {:?}",
                 checkpoint.pid,

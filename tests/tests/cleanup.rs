@@ -1,19 +1,34 @@
 //! Whatever ends forkmon — Ctrl-C, SIGTERM, SIGKILL — nothing of the run
 //! remains: no process of the program's tree (subprocesses included), no
-//! BPF program, no cgroup. One test, run alone in its binary, so counting
-//! the system's BPF programs is not disturbed by other forkmon runs.
+//! BPF program, no cgroup.
 mod support;
 
 use std::{fs, os::unix::fs::PermissionsExt as _, thread, time::Duration};
 
 use support::{bpf_available, fixture, live::Forkmon};
 
-/// forkmon's programs loaded in the kernel, by a name only forkmon uses.
-fn forkmon_programs() -> usize {
+/// The ids of the BPF programs process `pid` holds (from its fdinfo).
+fn programs_held_by(pid: i32) -> Vec<u32> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Which of `ids` are still loaded in the kernel.
+fn still_loaded(ids: &[u32]) -> Vec<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|info| info.name_as_str() == Some("task_newtask"))
-        .count()
+        .map(|info| info.id())
+        .filter(|id| ids.contains(id))
+        .collect()
 }
 
 fn forkmon_cgroups() -> Vec<String> {
@@ -40,7 +55,6 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
     if !bpf_available("nothing_remains_after_ctrl_c_sigterm_or_sigkill") {
         return;
     }
-    let programs_before = forkmon_programs();
     // (signal, sent to the whole process group as a terminal's Ctrl-C is)
     for (signal, to_group) in [
         (libc::SIGINT, false),
@@ -67,10 +81,8 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
             "checkpoint and subprocess: {:?}",
             forkmon.tree()
         );
-        assert!(
-            forkmon_programs() > programs_before,
-            "forkmon's BPF programs are loaded"
-        );
+        let programs = programs_held_by(forkmon.pid());
+        assert!(programs.len() >= 9, "forkmon's BPF programs: {programs:?}");
 
         if to_group {
             // SAFETY: signalling the process group of our own child.
@@ -97,10 +109,10 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
             Vec::<i32>::new(),
             "processes left after signal {signal}"
         );
-        eventually(|| forkmon_programs() == programs_before);
+        eventually(|| still_loaded(&programs).is_empty());
         assert_eq!(
-            forkmon_programs(),
-            programs_before,
+            still_loaded(&programs),
+            Vec::<u32>::new(),
             "BPF programs left after signal {signal}"
         );
         let ours = format!("forkmon-{}", forkmon.pid());
