@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod setup;
 
 #[derive(Parser)]
@@ -50,6 +51,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Benchmark forkmon against baselines measured in the same run; prints
+    /// a table and writes target/bench/report.json (as root: `sudo -E`).
+    Bench {
+        /// A short run (under 3 minutes) with fewer sizes and repetitions.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
@@ -78,6 +86,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::run(setup::Mode::IfMissing)?;
             test(&args)
         }
+        Task::Bench { quick } => bench::run(quick),
     }
 }
 
