@@ -87,10 +87,11 @@ use std::{
 use nix::{
     errno::Errno,
     fcntl::{OFlag, open, openat},
-    poll::{PollFd, PollFlags, PollTimeout, poll},
+    poll::{PollFd, PollFlags, ppoll},
     sys::{
         signal::{self, SigHandler, Signal},
         stat::{Mode, SFlag, fstat, mkdirat},
+        time::TimeSpec,
     },
     unistd::{Pid, UnlinkatFlags, pipe2, unlinkat},
 };
@@ -399,12 +400,7 @@ impl Session {
     #[cfg(test)]
     /// Whether `group` or a group nested in it holds a live process.
     pub fn is_populated(&self, group: GroupId) -> Result<bool, CgroupError> {
-        let node = self.live(group)?;
-        let mut buf = [0u8; 256];
-        let events = open_file(node.dir.as_fd(), "cgroup.events", OFlag::O_RDONLY)
-            .and_then(|f| f.read_at(&mut buf, 0))
-            .map_err(|e| CgroupError::io("cannot read", self.describe(group), e))?;
-        Ok(populated(&buf[..events]))
+        Ok(dir_fd_populated(self.live(group)?.dir.as_fd()))
     }
 
     /// SIGKILL every process in `group` and in all groups nested in it, wait
@@ -424,28 +420,13 @@ impl Session {
         if self.closed {
             return Err(CgroupError::Closed(self.path.display().to_string()));
         }
-        match self.groups.get(&group) {
-            None => return Ok(()),
-            Some(node) if node.dead => {
-                self.reap_empty();
-                return Ok(());
-            }
-            Some(_) => {}
+        if self.groups.get(&group).is_some_and(|node| node.dead) {
+            self.reap_empty();
+            return Ok(());
         }
-        // Mark the subtree first: whatever happens next, it is done for.
-        let mut stack = vec![group];
-        while let Some(id) = stack.pop() {
-            if let Some(node) = self.groups.get_mut(&id) {
-                node.dead = id != ROOT;
-                stack.extend(node.children.iter().copied());
-            }
-        }
-        let dir = self.groups[&group].dir.as_fd();
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        let emptied = kill_and_wait(dir, deadline)
-            .map_err(|e| CgroupError::io("cannot kill", self.describe(group), e))?;
-        if !emptied {
-            let pids = all_procs(dir);
+        self.kill_now(group)?;
+        if !self.wait_empty(group, KILL_TIMEOUT)? {
+            let pids = all_procs(self.groups[&group].dir.as_fd());
             return Err(CgroupError::kill_timeout(
                 self.describe(group),
                 KILL_TIMEOUT,
@@ -454,6 +435,94 @@ impl Session {
         }
         self.remove_dead();
         Ok(())
+    }
+
+    /// Sends SIGKILL to every process in `group` and below, and returns
+    /// without waiting for them to exit: none of them runs another
+    /// instruction of its own, but exiting (freeing memory, closing files)
+    /// takes a while. The groups are marked killed; see
+    /// [`wait_empty`](Self::wait_empty) and [`reap_empty`](Self::reap_empty).
+    pub fn kill_now(&mut self, group: GroupId) -> Result<(), CgroupError> {
+        if self.closed {
+            return Err(CgroupError::Closed(self.path.display().to_string()));
+        }
+        if !self.mark_dead(group) {
+            return Ok(());
+        }
+        kill_tree(self.groups[&group].dir.as_fd())
+            .map_err(|e| CgroupError::io("cannot kill", self.describe(group), e))
+    }
+
+    /// Kills `group` and the groups nested in it from a thread of its own,
+    /// one group after the other, the innermost first, each waited for (up
+    /// to [`KILL_TIMEOUT`]) before the next is killed.
+    ///
+    /// For the idle checkpoints of a long chain, one nested group each: a
+    /// process's exit walks every ancestor's share of its memory (the
+    /// kernel's anon_vma chains, as long as the chain of forks), without a
+    /// chance for others to run. Thousands exiting at once hold both CPUs
+    /// for seconds; one level at a time, they leave a CPU to the program
+    /// that runs meanwhile. The thread opens the groups itself, so this
+    /// returns at once. A failure is only logged.
+    pub fn kill_in_background(&mut self, group: GroupId) -> Result<(), CgroupError> {
+        if self.closed {
+            return Err(CgroupError::Closed(self.path.display().to_string()));
+        }
+        let Some(node) = self.groups.get(&group).filter(|node| !node.dead) else {
+            return Ok(());
+        };
+        let top = node
+            .dir
+            .try_clone()
+            .map_err(|e| CgroupError::io("cannot kill", self.describe(group), e))?;
+        // The nested groups in pre-order: (index of the parent, name).
+        let mut nested: Vec<(usize, String)> = Vec::new();
+        let mut stack: Vec<(usize, GroupId)> = node.children.iter().map(|&c| (0, c)).collect();
+        while let Some((parent, id)) = stack.pop() {
+            let Some(child) = self.groups.get(&id) else {
+                continue;
+            };
+            nested.push((parent, child.name.clone()));
+            let index = nested.len();
+            stack.extend(child.children.iter().map(|&c| (index, c)));
+        }
+        self.mark_dead(group);
+        let path = self.describe(group);
+        std::thread::Builder::new()
+            .name("forkmon-kill".into())
+            .spawn(move || kill_nested(top, &nested, &path))
+            .map(drop)
+            .map_err(|e| CgroupError::io("cannot kill", self.describe(group), e))
+    }
+
+    /// Marks `group` and the groups nested in it killed: whatever happens
+    /// next, they are done for. Returns false if it was already (or is
+    /// unknown).
+    fn mark_dead(&mut self, group: GroupId) -> bool {
+        match self.groups.get(&group) {
+            Some(node) if !node.dead => {}
+            _ => return false,
+        }
+        let mut stack = vec![group];
+        while let Some(id) = stack.pop() {
+            if let Some(node) = self.groups.get_mut(&id) {
+                node.dead = id != ROOT;
+                stack.extend(node.children.iter().copied());
+            }
+        }
+        true
+    }
+
+    /// Waits until no process is left in `group` and below (a killed
+    /// group, or a live one), up to `timeout`. Returns whether it emptied;
+    /// a group already removed is empty.
+    pub fn wait_empty(&self, group: GroupId, timeout: Duration) -> Result<bool, CgroupError> {
+        let Some(node) = self.groups.get(&group) else {
+            return Ok(true);
+        };
+        let has_kill = node.dead || group == ROOT;
+        wait_until_empty(node.dir.as_fd(), Instant::now() + timeout, has_kill)
+            .map_err(|e| CgroupError::io("cannot wait for", self.describe(group), e))
     }
 
     /// Kill every process of the session and remove every directory,
@@ -510,6 +579,11 @@ impl Session {
                 left += 1;
                 continue;
             };
+            // Still exiting: rmdir would only fail (after retrying).
+            if dir_fd_populated(node.dir.as_fd()) {
+                left += 1;
+                continue;
+            }
             let parent_dir = self.groups[&parent].dir.as_fd();
             if let Err(e) = rmdir_at(parent_dir, node.name.as_str(), deadline) {
                 log::debug!("cannot remove cgroup {}: {e}", self.describe(id));
@@ -752,6 +826,14 @@ fn dir_populated(path: &Path) -> bool {
     fs::read(path.join("cgroup.events")).map_or(true, |events| populated(&events))
 }
 
+/// Whether the group open at `dir` holds a process (or cannot be read).
+fn dir_fd_populated(dir: BorrowedFd<'_>) -> bool {
+    let mut buf = [0u8; 256];
+    open_file(dir, "cgroup.events", OFlag::O_RDONLY)
+        .and_then(|f| f.read_at(&mut buf, 0))
+        .map_or(true, |n| populated(&buf[..n]))
+}
+
 /// Whether the content of `cgroup.events` says `populated 1`.
 fn populated(events: &[u8]) -> bool {
     String::from_utf8_lossy(events)
@@ -759,18 +841,52 @@ fn populated(events: &[u8]) -> bool {
         .any(|l| l.trim() == "populated 1")
 }
 
-/// Kill everything in `dir` and below, and wait until `cgroup.events` says
-/// it is empty or `deadline` passes. Returns whether it emptied.
-fn kill_and_wait(dir: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
-    let has_kill = match write_file(dir, "cgroup.kill", b"1") {
-        Ok(()) => true,
-        // Linux < 5.14.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
-        Err(e) => return Err(e),
-    };
-    if !has_kill {
-        signal_all(dir);
+/// See [`Session::kill_in_background`]: `nested` lists the groups below
+/// `top` in pre-order, each with the index of its parent (0 for `top`,
+/// i + 1 for `nested[i]`).
+fn kill_nested(top: OwnedFd, nested: &[(usize, String)], path: &str) {
+    let mut dirs: Vec<Option<OwnedFd>> = Vec::with_capacity(nested.len() + 1);
+    dirs.push(Some(top));
+    for (parent, name) in nested {
+        let dir = dirs[*parent]
+            .as_ref()
+            .and_then(|parent| open_dir_at(parent.as_fd(), name.as_str()).ok());
+        dirs.push(dir);
     }
+    // Children come after their parent in pre-order: backwards, each
+    // group's nested ones are gone before it is killed.
+    for dir in dirs.iter().rev().flatten() {
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        let killed =
+            kill_tree(dir.as_fd()).and_then(|()| wait_until_empty(dir.as_fd(), deadline, true));
+        match killed {
+            Ok(true) => {}
+            Ok(false) => log::debug!("{path}: still exiting after SIGKILL"),
+            Err(e) => log::warn!("cannot kill {path}: {e}"),
+        }
+    }
+}
+
+/// Kill everything in `dir` and below: `cgroup.kill`, or on Linux < 5.14
+/// SIGKILL to each process (see [`wait_until_empty`]).
+fn kill_tree(dir: BorrowedFd<'_>) -> io::Result<()> {
+    match write_file(dir, "cgroup.kill", b"1") {
+        // Linux < 5.14.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            signal_all(dir);
+            Ok(())
+        }
+        result => result,
+    }
+}
+
+/// Waits until `cgroup.events` of `dir` says it is empty, or `deadline`
+/// passes. Returns whether it emptied. Without `cgroup.kill` (Linux <
+/// 5.14) killed processes may have forked between reading and signalling,
+/// so the signal is sent again on every round; `killed` says whether the
+/// group was killed.
+fn wait_until_empty(dir: BorrowedFd<'_>, deadline: Instant, killed: bool) -> io::Result<bool> {
+    let resignal = killed && !has_cgroup_kill(dir);
     let events = open_file(dir, "cgroup.events", OFlag::O_RDONLY)?;
     let mut buf = [0u8; 256];
     loop {
@@ -784,18 +900,22 @@ fn kill_and_wait(dir: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
         if now >= deadline {
             return Ok(false);
         }
-        // Bounded, in case a notification goes missing.
-        let ms = (deadline - now).as_millis().clamp(1, 10) as u16;
+        // Bounded, in case a notification goes missing; to the
+        // microsecond, for the short waits of a resume.
+        let wait = (deadline - now).min(Duration::from_millis(10));
         let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLPRI)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
+        match ppoll(&mut fds, Some(TimeSpec::from_duration(wait)), None) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
-        if !has_kill {
-            // Processes may have forked between reading and signalling.
+        if resignal {
             signal_all(dir);
         }
     }
+}
+
+fn has_cgroup_kill(dir: BorrowedFd<'_>) -> bool {
+    nix::sys::stat::fstatat(dir, "cgroup.kill", nix::fcntl::AtFlags::empty()).is_ok()
 }
 
 /// SIGKILL every process listed in `dir` and below (kernels without
@@ -1015,7 +1135,9 @@ fn clean_up(session_dir: &Path, ino: Option<u64>, timeout: Duration) -> Result<(
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
-    let emptied = match kill_and_wait(dir.as_fd(), deadline) {
+    let killed =
+        kill_tree(dir.as_fd()).and_then(|()| wait_until_empty(dir.as_fd(), deadline, true));
+    let emptied = match killed {
         Ok(emptied) => emptied,
         // Removed meanwhile.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
@@ -1321,6 +1443,34 @@ mod tests {
         assert!(killed(&mut p_top));
         assert!(!s.path().exists());
         assert!(matches!(s.new_child(ROOT), Err(CgroupError::Closed(_))));
+    }
+
+    #[test]
+    fn kill_in_background_reaches_every_nested_group() {
+        let Some(mut s) = session(test_watchdog) else {
+            return;
+        };
+        let top = s.new_child(s.root()).unwrap();
+        let middle = s.new_child(top).unwrap();
+        let left = s.new_child(middle).unwrap();
+        let right = s.new_child(middle).unwrap();
+        let mut p_top = spawn_in(&s, top, "exec sleep 100");
+        let mut below: Vec<Child> = [middle, left, right, right]
+            .into_iter()
+            .map(|g| spawn_in(&s, g, "exec sleep 100"))
+            .collect();
+        s.kill_in_background(middle).unwrap();
+        // Marked at once: no new process can be put there.
+        assert!(matches!(s.procs(left), Err(CgroupError::StaleGroup)));
+        assert!(s.wait_empty(middle, KILL_TIMEOUT).unwrap());
+        for p in &mut below {
+            wait_for("a killed process to exit", KILL_TIMEOUT, || killed(p));
+        }
+        assert!(alive(&mut p_top));
+        assert_eq!(s.reap_empty(), 0);
+        assert!(!group_path(&s, &[top, middle]).exists());
+        s.kill_all().unwrap();
+        assert!(killed(&mut p_top));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub struct RunArgs {
     pub no_color: bool,
 
     /// Milliseconds to wait after a change before resuming, so the editor
-    /// has finished writing.
+    /// has finished writing (the running program is stopped at once).
     #[arg(
         long,
         value_name = "MS",
@@ -111,6 +111,12 @@ pub struct RunArgs {
     /// printed again by every resumed run.
     #[arg(long, env = "FORKMON_FLUSH")]
     pub flush: bool,
+
+    /// Do not keep a forked child waiting at each checkpoint while the
+    /// program is idle: half the processes, but each resume forks (a few
+    /// hundred microseconds more, growing with the program's memory).
+    #[arg(long, env = "FORKMON_NO_STANDBY")]
+    pub no_standby: bool,
 
     #[command(flatten)]
     pub program: ProgramArgs,

@@ -13,6 +13,7 @@ mod launcher;
 mod loader;
 mod output;
 mod paths;
+mod priority;
 mod run;
 mod trace;
 mod watcher;

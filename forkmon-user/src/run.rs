@@ -29,7 +29,7 @@ use nix::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cgroup::{CgroupError, GroupId, Session},
+    cgroup::{CgroupError, GroupId, KILL_TIMEOUT, Session},
     channel::{Registration, Registrations, send_command},
     cli::RunArgs,
     events::Events,
@@ -38,8 +38,13 @@ use crate::{
     loader::Probes,
     output::Reporter,
     paths::PathResolver,
-    watcher::{Delays, Identity, Watcher},
+    priority::Policy,
+    watcher::{Delays, Identity, WatchEvent, Watcher},
 };
+
+/// How long a resume waits for the frozen checkpoints and standbys below it
+/// to exit (see [`Supervisor::resume_from`]).
+const FROZEN_GRACE: Duration = Duration::from_millis(1);
 
 /// The stub library, embedded at build time (see build.rs).
 static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.so"));
@@ -62,6 +67,20 @@ struct Checkpoint {
     /// No standby was ready when one was needed: the next child to
     /// register runs at once.
     run_next: bool,
+    /// The program's scheduling policy, given back to each child that runs
+    /// it (the checkpoint and its standbys wait at idle priority).
+    policy: Policy,
+}
+
+/// Everything below checkpoint `index` has been killed (see
+/// [`Supervisor::stop_below`]), and the checkpoint is to resume.
+struct Stopping {
+    index: usize,
+    /// The group of the processes that ran the program.
+    running: Option<GroupId>,
+    /// The group holding everything below the checkpoint: the same, plus
+    /// the later checkpoints and their standbys.
+    below: Option<GroupId>,
 }
 
 /// A registered process: the only ones forkmon can talk to.
@@ -83,6 +102,9 @@ struct Supervisor {
     target: i32,
     last_status: Option<i32>,
     warned_threads: bool,
+    stopping: Option<Stopping>,
+    /// `--no-standby`: a resume forks its child.
+    no_standby: bool,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -160,6 +182,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         target,
         last_status: None,
         warned_threads: false,
+        stopping: None,
+        no_standby: args.no_standby,
     };
 
     let status = loop {
@@ -178,8 +202,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                     supervisor.on_registration(registration)?;
                 }
             }
-            changed = supervisor.watcher.changed() => {
-                supervisor.on_changes(changed?)?;
+            event = supervisor.watcher.next_event() => {
+                supervisor.on_watch_event(event?)?;
             }
             _ = sigchld.recv() => {
                 if let Some(status) = supervisor.reap()? {
@@ -287,6 +311,7 @@ impl Supervisor {
             standby: None,
             forking: true,
             run_next: true,
+            policy: Policy::of(pid).unwrap_or(Policy::NORMAL),
         });
         send_command(&process.eventfd, CMD_CHECKPOINT)?;
         Ok(())
@@ -377,6 +402,9 @@ impl Supervisor {
                     // It runs on as the program, not as a checkpoint.
                     let checkpoint = self.chain.remove(index);
                     self.watcher.unwatch(&checkpoint.file);
+                    if self.stopping.as_ref().is_some_and(|s| s.index >= index) {
+                        self.stopping = None;
+                    }
                     self.leaf = Some((checkpoint.pid, checkpoint.group));
                     self.report.warn(&format!(
                         "cannot checkpoint at '{}': {error}",
@@ -403,8 +431,20 @@ impl Supervisor {
     /// (~10 ms here), which must not delay the run. What it spawns
     /// meanwhile is swept along, found by ancestry.
     fn run_child(&mut self, index: usize, pid: i32) -> anyhow::Result<()> {
+        let checkpoint = &self.chain[index];
+        if let Err(e) = checkpoint.policy.apply(pid) {
+            debug!("cannot give {pid} the program's scheduling policy: {e}");
+        }
         self.probes.arm(pid as u32)?;
         send_command(&self.processes[&pid].eventfd, CMD_GO)?;
+        // The checkpoint only waits from now on, and the standbys it forks
+        // inherit its priority.
+        if let Err(e) = Policy::IDLE.apply(checkpoint.pid) {
+            debug!(
+                "cannot let checkpoint {} wait at idle priority: {e}",
+                checkpoint.pid
+            );
+        }
         let started = std::time::Instant::now();
         let parent_group = self.chain[index].group;
         let group = self.session.new_child(parent_group)?;
@@ -424,7 +464,11 @@ impl Supervisor {
     /// fork the child its next resume will wake. Done while idle, so the
     /// forks compete with nothing, and a resume costs no fork.
     fn prepare_standbys(&mut self) -> anyhow::Result<()> {
-        for index in 0..self.chain.len() {
+        if self.no_standby {
+            return Ok(());
+        }
+        // The files opened last are usually the ones being worked on.
+        for index in (0..self.chain.len()).rev() {
             self.request_standby(index)?;
         }
         Ok(())
@@ -456,51 +500,116 @@ impl Supervisor {
         }
     }
 
-    /// Resume from the earliest checkpoint among the changed files.
-    fn on_changes(&mut self, changed: Vec<PathBuf>) -> anyhow::Result<()> {
-        match self.chain.iter().position(|c| changed.contains(&c.file)) {
-            Some(index) => self.resume_from(index),
-            None => Ok(()),
+    /// A change is seen: stop the program below the earliest checkpoint
+    /// concerned at once, and resume once the delays have passed (even if
+    /// the files turn out unchanged: what ran is gone).
+    fn on_watch_event(&mut self, event: WatchEvent) -> anyhow::Result<()> {
+        match event {
+            WatchEvent::Touched(files) => match self.earliest_of(&files) {
+                Some(index) => self.stop_below(index),
+                None => Ok(()),
+            },
+            WatchEvent::Changed(files) => {
+                let stopped = self.stopping.as_ref().map(|s| s.index);
+                match self.earliest_of(&files).into_iter().chain(stopped).min() {
+                    Some(index) => self.resume_from(index),
+                    None => Ok(()),
+                }
+            }
         }
     }
 
-    /// Kill everything below checkpoint `index` and run its standby (or
-    /// the next child it forks, if none is ready).
-    fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
-        self.report.changed(&self.chain[index].file);
-        // Cgroups left by an earlier kill whose processes were slow to go.
-        self.session.reap_empty();
+    /// The earliest checkpoint made at one of `files`.
+    fn earliest_of(&self, files: &[PathBuf]) -> Option<usize> {
+        self.chain.iter().position(|c| files.contains(&c.file))
+    }
+
+    /// Kills everything below checkpoint `index` without waiting for it to
+    /// exit: first what runs the program, then the later checkpoints and
+    /// their standbys. Called as soon as a change is seen, so the exits
+    /// overlap the restart delay; [`resume_from`](Self::resume_from) then
+    /// waits for what is left.
+    fn stop_below(&mut self, index: usize) -> anyhow::Result<()> {
+        if self.stopping.as_ref().is_some_and(|s| s.index <= index) {
+            return Ok(());
+        }
+        let previous = self.stopping.take();
+        let started = std::time::Instant::now();
+        let running = match self.leaf.take() {
+            Some((_, group)) => {
+                self.session.kill_now(group)?;
+                Some(group)
+            }
+            None => previous.and_then(|p| p.running),
+        };
+        let below = self.chain[index].child.take().map(|(child, group)| {
+            self.processes.remove(&child);
+            group
+        });
+        if let Some(group) = below {
+            self.session.kill_in_background(group)?;
+        }
+        debug!(
+            "killed the program below {} in {:?}",
+            self.chain[index].pid,
+            started.elapsed()
+        );
         for later in self.chain.drain(index + 1..) {
             self.watcher.unwatch(&later.file);
             self.processes.remove(&later.pid);
         }
-        self.leaf = None;
-        let checkpoint = &mut self.chain[index];
-        if let Some((child, group)) = checkpoint.child.take() {
-            let started = std::time::Instant::now();
-            match self.session.kill(group) {
+        self.stopping = Some(Stopping {
+            index,
+            running,
+            below,
+        });
+        Ok(())
+    }
+
+    /// Kill everything below checkpoint `index` (if not done yet) and run
+    /// its standby, or the next child it forks if none is ready.
+    ///
+    /// What ran the program is waited for, so that what it held (a port,
+    /// a lock) is free before the program runs again. The frozen
+    /// checkpoints and standbys below are waited for only briefly: they
+    /// run nothing, and thousands of them take long to exit.
+    fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
+        self.report.changed(&self.chain[index].file);
+        self.stop_below(index)?;
+        let stopping = self.stopping.take().expect("stopped just above");
+        let started = std::time::Instant::now();
+        if let Some(group) = stopping.running {
+            match self.session.wait_empty(group, KILL_TIMEOUT) {
+                Ok(true) => {}
                 // SIGKILLed processes run no more code of theirs; a slow
-                // exit (thousands of them, a loaded machine) must not stop
-                // the resume. Their cgroups are removed later.
-                Err(CgroupError::KillTimeout { pids, .. }) => {
-                    warn!("still exiting after SIGKILL: {pids}");
-                }
-                result => result?,
+                // exit (a loaded machine) must not stop the resume.
+                Ok(false) => warn!("the program is still exiting after SIGKILL"),
+                Err(e) => warn!("{e}"),
             }
-            debug!(
-                "killed the subtree below {} in {:?}",
-                checkpoint.pid,
-                started.elapsed()
-            );
-            self.processes.remove(&child);
         }
-        match checkpoint.standby.take() {
+        if let Some(group) = stopping.below {
+            let _ = self.session.wait_empty(group, FROZEN_GRACE);
+        }
+        debug!(
+            "stopped the program below {} in {:?}",
+            self.chain[index].pid,
+            started.elapsed()
+        );
+        let checkpoint = &mut self.chain[index];
+        let result = match checkpoint.standby.take() {
             Some(standby) => self.run_child(index, standby),
             None => {
+                // Its fork is on the resume's path now.
+                if let Err(e) = checkpoint.policy.apply(checkpoint.pid) {
+                    debug!("cannot raise checkpoint {}'s priority: {e}", checkpoint.pid);
+                }
                 checkpoint.run_next = true;
                 self.request_standby(index)
             }
-        }
+        };
+        // Killed groups already empty, from this resume or earlier ones.
+        self.session.reap_empty();
+        result
     }
 
     /// A checkpoint died (killed from outside): it and every later one are
@@ -516,6 +625,9 @@ impl Supervisor {
         for gone in self.chain.drain(index..) {
             self.watcher.unwatch(&gone.file);
             self.processes.remove(&gone.pid);
+        }
+        if self.stopping.as_ref().is_some_and(|s| s.index >= index) {
+            self.stopping = None;
         }
         if self.chain.is_empty() {
             self.leaf = None;

@@ -34,6 +34,10 @@ use std::{
 };
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use nix::sys::{
+    time::TimeSpec,
+    timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags},
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     time::Instant,
@@ -288,6 +292,10 @@ enum EventKind {
 struct Burst {
     /// In the order first seen.
     pending: Vec<PathBuf>,
+    /// Files an event named during this burst, in the order first seen…
+    touched: Vec<PathBuf>,
+    /// …and those of them not yet announced ([`WatchEvent::Touched`]).
+    unannounced: Vec<PathBuf>,
     strong_at: Option<Instant>,
     modify_first: Option<Instant>,
     modify_last: Option<Instant>,
@@ -295,9 +303,21 @@ struct Burst {
     recheck_at: Option<Instant>,
 }
 
+/// What [`Watcher::next_event`] reports.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// An event named these files: they have likely changed, which a later
+    /// `Changed` confirms (or not) once the delays have passed.
+    Touched(Vec<PathBuf>),
+    /// The files that changed, in the order their first event was seen;
+    /// empty when the touched files all turned out unchanged.
+    Changed(Vec<PathBuf>),
+}
+
 /// Watches files for changes; see the module docs.
 pub struct Watcher {
     inotify: AsyncFd<Inotify>,
+    timer: Timer,
     delays: Delays,
     files: HashMap<PathBuf, FileState>,
     dirs: HashMap<PathBuf, DirState>,
@@ -323,8 +343,10 @@ impl Watcher {
             .map_err(|e| WatchError::Init {
                 source: e.into_parts().1,
             })?;
+        let timer = Timer::new().map_err(|source| WatchError::Init { source })?;
         Ok(Watcher {
             inotify,
+            timer,
             delays,
             files: HashMap::new(),
             dirs: HashMap::new(),
@@ -396,8 +418,27 @@ impl Watcher {
     /// event was seen, debounced as described in the module docs. After it
     /// returns, each reported file's baseline is its identity at report time.
     ///
-    /// Cancel-safe: all progress lives in `self`.
+    /// Cancel-safe: all progress lives in `self`. (forkmon itself uses
+    /// [`next_event`](Self::next_event).)
+    #[cfg(test)]
     pub async fn changed(&mut self) -> Result<Vec<PathBuf>, WatchError> {
+        loop {
+            if let WatchEvent::Changed(batch) = self.next_event().await?
+                && !batch.is_empty()
+            {
+                return Ok(batch);
+            }
+        }
+    }
+
+    /// Like [`changed`](Self::changed), but also says as soon as an event
+    /// names a watched file ([`WatchEvent::Touched`], once per file and
+    /// burst), before the delays have passed and the file is evaluated; and
+    /// reports the end of a burst whose files all turned out unchanged (an
+    /// empty [`WatchEvent::Changed`]).
+    ///
+    /// Cancel-safe, like `changed`.
+    pub async fn next_event(&mut self) -> Result<WatchEvent, WatchError> {
         loop {
             self.drain()?;
             let now = Instant::now();
@@ -406,9 +447,14 @@ impl Watcher {
                 && at <= now
             {
                 if let Some(batch) = self.evaluate(now) {
-                    return Ok(batch);
+                    return Ok(WatchEvent::Changed(batch));
                 }
                 continue;
+            }
+            if !self.burst.unannounced.is_empty() {
+                return Ok(WatchEvent::Touched(std::mem::take(
+                    &mut self.burst.unannounced,
+                )));
             }
             tokio::select! {
                 guard = self.inotify.readable() => {
@@ -417,7 +463,7 @@ impl Watcher {
                     // again, so no wake-up is lost.
                     guard.map_err(|source| WatchError::Read { source })?.clear_ready();
                 }
-                () = sleep_until(ready) => {}
+                () = self.timer.sleep_until(ready) => {}
             }
         }
     }
@@ -647,10 +693,14 @@ impl Watcher {
         let Some(state) = self.files.get_mut(file) else {
             return;
         };
+        let burst = &mut self.burst;
         if kind != EventKind::Recheck {
             state.touched = true;
+            if !burst.touched.iter().any(|p| p == file) {
+                burst.touched.push(file.to_path_buf());
+                burst.unannounced.push(file.to_path_buf());
+            }
         }
-        let burst = &mut self.burst;
         if !burst.pending.iter().any(|p| p == file) {
             burst.pending.push(file.to_path_buf());
         }
@@ -674,7 +724,16 @@ impl Watcher {
             return None;
         }
         let restart = self.delays.restart;
-        let strong = burst.strong_at.map(|t| t + restart);
+        // `restart` after the burst's first event (the writer's first write
+        // usually), or at once when the file is closed (or replaced) later.
+        let first = [burst.strong_at, burst.modify_first]
+            .into_iter()
+            .flatten()
+            .min();
+        let strong = burst
+            .strong_at
+            .zip(first)
+            .map(|(strong, first)| strong.max(first + restart));
         let modify = burst.modify_first.map(|first| {
             let last = burst.modify_last.unwrap_or(first);
             (last + MODIFY_QUIET)
@@ -726,7 +785,7 @@ impl Watcher {
             burst.recheck_at = Some(now + self.delays.restart.max(MIN_RECHECK));
             return None;
         }
-        self.burst = Burst::default();
+        let announced = !std::mem::take(&mut self.burst).touched.is_empty();
         let mut batch = Vec::new();
         for (file, current, changed) in results {
             let Some(state) = self.files.get_mut(file) else {
@@ -741,7 +800,8 @@ impl Watcher {
             }
         }
         if batch.is_empty() {
-            return None;
+            // Said to be touched, then unchanged: that burst is over too.
+            return announced.then_some(batch);
         }
         log::debug!("watcher: changed: {batch:?}");
         self.ignore_until = Some(now + self.delays.ignore);
@@ -775,10 +835,65 @@ impl Watcher {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// A timer precise to tens of microseconds: tokio's timer wheel rounds up
+/// to the next millisecond, and forkmon resumes a program `restart` after a
+/// change to the microsecond if it can.
+struct Timer {
+    fd: AsyncFd<TimerHandle>,
+}
+
+/// `AsyncFd` wants `AsRawFd`, which nix's `TimerFd` does not implement.
+struct TimerHandle(TimerFd);
+
+impl std::os::fd::AsRawFd for TimerHandle {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
+    }
+}
+
+impl Timer {
+    fn new() -> io::Result<Timer> {
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // SAFETY: `TimerHandle` owns the timerfd and returns that same fd
+        // until it is dropped, which the `AsyncFd` does before closing it.
+        let fd = unsafe { AsyncFd::register_with_interest(TimerHandle(timer), Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Timer { fd })
+    }
+
+    /// Sleeps until `at`, or forever when `None`. Cancel-safe: each call
+    /// sets the timer anew.
+    async fn sleep_until(&self, at: Option<Instant>) {
+        let Some(at) = at else {
+            return std::future::pending().await;
+        };
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let armed = self.fd.get_ref().0.set(
+            Expiration::OneShot(TimeSpec::from_duration(left)),
+            TimerSetTimeFlags::empty(),
+        );
+        if let Err(e) = armed {
+            // Never expected; tokio's timer is only less precise.
+            log::debug!("watcher: cannot set the timer: {e}");
+            return tokio::time::sleep_until(at).await;
+        }
+        loop {
+            let Ok(mut guard) = self.fd.readable().await else {
+                return tokio::time::sleep_until(at).await;
+            };
+            // Reading clears the expiration count; EAGAIN means the
+            // readiness was stale (an earlier, cancelled sleep).
+            match guard.try_io(|fd| fd.get_ref().0.wait().map_err(io::Error::from)) {
+                Ok(_) => return,
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 
@@ -829,6 +944,61 @@ mod tests {
         fs::write(&p[0], "new\n").unwrap(); // truncate + write + close
         assert_eq!(next(&mut w).await, vec![p[0].clone()]);
         assert_eq!(w.baseline(&p[0]), Identity::of(&p[0]).ok());
+    }
+
+    async fn next_event(w: &mut Watcher) -> WatchEvent {
+        tokio::time::timeout(PATIENCE, w.next_event())
+            .await
+            .expect("no event within 3 s")
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_touched_file_is_announced_before_the_delay() {
+        let (_dir, p) = setup(&["x", "y"]);
+        // A delay no test machine can overrun: the announcement comes first.
+        let mut w = watcher(2000, 200);
+        w.watch(&p[0]).unwrap();
+        w.watch(&p[1]).unwrap();
+        let saved = Instant::now();
+        fs::write(&p[1], "new\n").unwrap();
+        assert_eq!(
+            next_event(&mut w).await,
+            WatchEvent::Touched(vec![p[1].clone()])
+        );
+        assert!(saved.elapsed() < Duration::from_millis(2000));
+        // Once per file and burst.
+        fs::write(&p[1], "newer\n").unwrap();
+        fs::write(&p[0], "new\n").unwrap();
+        assert_eq!(
+            next_event(&mut w).await,
+            WatchEvent::Touched(vec![p[0].clone()])
+        );
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), w.next_event())
+                .await
+                .expect("no report")
+                .unwrap(),
+            WatchEvent::Changed(vec![p[1].clone(), p[0].clone()])
+        );
+        assert!(saved.elapsed() >= Duration::from_millis(2000));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_touched_but_unchanged_file_ends_its_burst_empty() {
+        let (_dir, p) = setup(&["x"]);
+        // Past the window in which a baseline's timestamps are ambiguous.
+        thread::sleep(AMBIGUOUS_WINDOW + Duration::from_millis(20));
+        let mut w = watcher(20, 200);
+        w.watch(&p[0]).unwrap();
+        // Opened for writing and closed: CLOSE_WRITE, nothing changed.
+        drop(fs::OpenOptions::new().append(true).open(&p[0]).unwrap());
+        assert_eq!(
+            next_event(&mut w).await,
+            WatchEvent::Touched(vec![p[0].clone()])
+        );
+        assert_eq!(next_event(&mut w).await, WatchEvent::Changed(vec![]));
+        assert!(!w.changed_since_watch(&p[0]));
     }
 
     #[tokio::test(flavor = "current_thread")]

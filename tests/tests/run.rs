@@ -99,11 +99,11 @@ fn lua_readme_scenario_resumes_from_the_changed_file() {
 }
 
 /// The C fixture with each way of opening its file.
-fn resumes_with_new_content(how: &str) {
+fn resumes_with_new_content(how: &str, options: &[&str]) {
     let dir = scratch();
     let d = dir.path();
     write(d, "data.txt", "one\n");
-    let forkmon = Forkmon::start(d, &[], &[fixture("watched").to_str().unwrap(), how]);
+    let forkmon = Forkmon::start(d, options, &[fixture("watched").to_str().unwrap(), how]);
     forkmon.wait_stdout("content=one", 1);
     assert!(
         forkmon.stderr().contains(&format!(
@@ -135,21 +135,58 @@ fn resumes_with_new_content(how: &str) {
 #[test]
 fn c_raw_syscall_openat_resumes() {
     if bpf_available("c_raw_syscall_openat_resumes") {
-        resumes_with_new_content("syscall");
+        resumes_with_new_content("syscall", &[]);
     }
+}
+
+#[test]
+fn without_standby_a_resume_forks() {
+    if bpf_available("without_standby_a_resume_forks") {
+        resumes_with_new_content("syscall", &["--no-standby"]);
+    }
+}
+
+/// A change stops the program at once; it resumes only after the restart
+/// delay.
+#[test]
+fn a_change_stops_the_program_before_the_delay_ends() {
+    if !bpf_available("a_change_stops_the_program_before_the_delay_ends") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "data.txt", "one\n");
+    let ticker = fixture("ticker");
+    let forkmon = Forkmon::start(d, &["--restart-delay", "1500"], &[ticker.to_str().unwrap()]);
+    forkmon.wait_stdout("tick one 3", 1);
+    save_in_place(&d.join("data.txt"), "two\n");
+    thread::sleep(Duration::from_millis(300));
+    let stopped = forkmon.stdout();
+    thread::sleep(Duration::from_millis(500));
+    let later = forkmon.stdout();
+    assert_eq!(
+        stopped.matches("tick one").count(),
+        later.matches("tick one").count(),
+        "the old run went on after the change:\n{later}"
+    );
+    assert!(
+        !later.contains("content=two"),
+        "resumed before the delay:\n{later}"
+    );
+    forkmon.wait_stdout("tick two 3", 1);
 }
 
 #[test]
 fn c_open64_resumes() {
     if bpf_available("c_open64_resumes") {
-        resumes_with_new_content("open64");
+        resumes_with_new_content("open64", &[]);
     }
 }
 
 #[test]
 fn c_fopen_resumes() {
     if bpf_available("c_fopen_resumes") {
-        resumes_with_new_content("fopen");
+        resumes_with_new_content("fopen", &[]);
     }
 }
 

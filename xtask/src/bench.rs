@@ -57,7 +57,7 @@ const STDERR_KEPT: usize = 20;
 /// Before reading a tree's memory: lets forkmon fork its waiting children.
 const TREE_SETTLE: Duration = Duration::from_millis(200);
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+pub fn run(quick: bool, only: &[u8]) -> anyhow::Result<()> {
     let started = Instant::now();
     setup::run(setup::Mode::IfMissing)?;
     let forkmon = build(true)?;
@@ -81,7 +81,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         ("6. scale: 1000 checkpoints", scale),
     ];
     let mut sections = Vec::new();
-    for (title, figure) in figures {
+    for (number, (title, figure)) in (1..).zip(figures) {
+        if !only.is_empty() && !only.contains(&number) {
+            continue;
+        }
         eprintln!("xtask bench: {title}…");
         let figure_started = Instant::now();
         let mut section = Section::new(title);
@@ -436,7 +439,7 @@ fn resume_latency(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
     for &mb in b.plan.sizes_mb {
         for delays in [Delays::ZERO, Delays::DEFAULT] {
             let mut resumed = Vec::new();
-            let measured = measure_resumes(b, mb, delays, &[], b.plan.resumes, &mut resumed);
+            let measured = measure_resumes(b, mb, delays, &[], &[], b.plan.resumes, &mut resumed);
             let latency: Vec<f64> = resumed.iter().map(|r| r.latency_ms).collect();
             let mut beyond = s.row(format!("{mb} MB, {delays}: resume"), "ms", &latency);
             let bound: Vec<f64> = resumed.iter().map(|r| r.from_before_ms).collect();
@@ -461,6 +464,28 @@ fn resume_latency(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
             s.attempt(format!("{mb} MB, {delays}"), measured);
         }
     }
+    // The other way: no standby, each resume forks the checkpoint anew.
+    for delays in [Delays::ZERO, Delays::DEFAULT] {
+        let mut resumed = Vec::new();
+        let measured = measure_resumes(
+            b,
+            MEMORY_MB,
+            delays,
+            &["--no-standby"],
+            &[],
+            b.plan.resumes,
+            &mut resumed,
+        );
+        let latency: Vec<f64> = resumed.iter().map(|r| r.latency_ms).collect();
+        let what = format!("{MEMORY_MB} MB, {delays}, --no-standby");
+        s.row(format!("{what}: resume"), "ms", &latency);
+        if delays.restart_ms > 0 {
+            let restart = delays.restart_ms as f64;
+            let extra: Vec<f64> = latency.iter().map(|l| l - restart).collect();
+            s.row(format!("{what}: beyond the delay"), "ms", &extra);
+        }
+        s.attempt(what, measured);
+    }
     Ok(())
 }
 
@@ -470,6 +495,7 @@ fn measure_resumes(
     b: &Bench,
     mb: u64,
     delays: Delays,
+    options: &[&str],
     extra: &[String],
     count: usize,
     out: &mut Vec<Resumed>,
@@ -479,7 +505,9 @@ fn measure_resumes(
     fs::write(&data, "initial\n")?;
     let mut args = vec![mb.to_string()];
     args.extend_from_slice(extra);
-    let mut forkmon = b.under_forkmon(dir.path(), &delays.options(), "resume", &args, false)?;
+    let mut all_options = delays.options();
+    all_options.extend(options.iter().map(|o| o.to_string()));
+    let mut forkmon = b.under_forkmon(dir.path(), &all_options, "resume", &args, false)?;
     forkmon.line(within(START_TIMEOUT), |l| l.ends_with(" content=initial"))?;
     for k in 0..count {
         thread::sleep(delays.spacing());
@@ -538,7 +566,8 @@ fn full_restart(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
     s.note(format!(
         "the resume fixture with {RESTART_MB} MB and a {STARTUP_MS} ms start-up before it \
          opens data.txt; {n} restarts from scratch (write, then start the program, no forkmon) \
-         and {n} resumes by forkmon (delays 0/0): from before the write to the program's line"
+         and {n} resumes by forkmon (delays 0/0): from before the write to the program's line; \
+         then the same with a lua5.4 program whose start-up is real work (startup.lua)"
     ));
     let args = startup_args(RESTART_MB);
     let mut restart = Vec::new();
@@ -547,18 +576,99 @@ fn full_restart(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     let mut resumes = Vec::new();
-    let resumed = measure_resumes(b, RESTART_MB, Delays::ZERO, &args[1..], n, &mut resumes);
-    let resume: Vec<f64> = resumes.iter().map(|r| r.from_before_ms).collect();
-    s.row("restart from scratch", "ms", &restart);
-    s.row("resume by forkmon", "ms", &resume);
-    s.row(
-        "restart / resume (speed-up)",
-        "×",
-        &paired(&restart, &resume, |r, m| r / m),
+    let resumed = measure_resumes(
+        b,
+        RESTART_MB,
+        Delays::ZERO,
+        &[],
+        &args[1..],
+        n,
+        &mut resumes,
     );
-    s.attempt("restarts", restarted);
-    s.attempt("resumes", resumed);
+    let resume: Vec<f64> = resumes.iter().map(|r| r.from_before_ms).collect();
+    restart_rows(s, "", &restart, &resume, restarted, resumed);
+    lua_restart(b, s);
     Ok(())
+}
+
+fn restart_rows(
+    s: &mut Section,
+    what: &str,
+    restart: &[f64],
+    resume: &[f64],
+    restarted: anyhow::Result<()>,
+    resumed: anyhow::Result<()>,
+) {
+    s.row(format!("{what}restart from scratch"), "ms", restart);
+    s.row(format!("{what}resume by forkmon"), "ms", resume);
+    s.row(
+        format!("{what}restart / resume (speed-up)"),
+        "×",
+        &paired(restart, resume, |r, m| r / m),
+    );
+    s.attempt(format!("{what}restarts"), restarted);
+    s.attempt(format!("{what}resumes"), resumed);
+}
+
+/// The same comparison with bench/fixtures/startup.lua under lua5.4: its
+/// start-up is real work, not a sleep. Lua has no monotonic clock, so both
+/// ways are timed by the bench, from before the write to its line.
+fn lua_restart(b: &Bench, s: &mut Section) {
+    let n = b.plan.restarts;
+    let script = root_dir()
+        .join("bench")
+        .join("fixtures")
+        .join("startup.lua");
+    let lua = |dir: &Path| {
+        let mut cmd = Command::new("lua5.4");
+        cmd.arg(&script).current_dir(dir);
+        cmd
+    };
+    let mut restart = Vec::new();
+    let restarted = (0..n).try_for_each(|k| {
+        let dir = tempdir()?;
+        let content = b.content("lua-restart", k);
+        let (before, _) = write_timed(&dir.path().join("data.txt"), &content)?;
+        let mut program = Running::start("lua5.4 startup.lua", lua(dir.path()), false)?;
+        program.line(within(START_TIMEOUT), |l| {
+            l.ends_with(&format!(" content={content}"))
+        })?;
+        restart.push((monotonic_ns() - before) as f64 / 1e6);
+        program.wait_exit(Duration::from_secs(10))?;
+        anyhow::Ok(())
+    });
+    let mut resume = Vec::new();
+    let resumed = (|| {
+        let dir = tempdir()?;
+        let data = dir.path().join("data.txt");
+        fs::write(&data, "initial\n")?;
+        let mut cmd = b.forkmon(dir.path());
+        cmd.args(["run", "--quiet"])
+            .args(Delays::ZERO.options())
+            .arg("--")
+            .arg("lua5.4")
+            .arg(&script);
+        let mut forkmon = Running::start("forkmon run lua5.4 startup.lua", cmd, false)?;
+        forkmon.line(within(START_TIMEOUT), |l| l.ends_with(" content=initial"))?;
+        for k in 0..n {
+            thread::sleep(Delays::ZERO.spacing());
+            let content = b.content("lua-resume", k);
+            let (before, _) = write_timed(&data, &content)?;
+            forkmon.line(within(RESUME_TIMEOUT), |l| {
+                l.ends_with(&format!(" content={content}"))
+            })?;
+            resume.push((monotonic_ns() - before) as f64 / 1e6);
+        }
+        anyhow::Ok(())
+    })();
+    restart_rows(
+        s,
+        "lua5.4 startup.lua: ",
+        &restart,
+        &resume,
+        restarted,
+        resumed,
+    );
 }
 
 fn startup_args(mb: u64) -> Vec<String> {
@@ -988,8 +1098,19 @@ impl Running {
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let kept = Arc::clone(&stderr);
         let err = child.stderr.take().expect("stderr is piped");
+        // For investigating: every stderr line, e.g. with FORKMON_LOG=debug.
+        let mut log = std::env::var_os("FORKMON_BENCH_LOG").and_then(|path| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        });
         thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(log) = log.as_mut() {
+                    let _ = writeln!(log, "{line}");
+                }
                 let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                 if kept.len() == STDERR_KEPT {
                     kept.pop_front();

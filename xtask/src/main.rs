@@ -57,6 +57,10 @@ enum Task {
         /// A short run (under 3 minutes) with fewer sizes and repetitions.
         #[arg(long)]
         quick: bool,
+        /// Only these figures, by number (e.g. `--only 3,6`); the others
+        /// are left out of the table and the report.
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
+        only: Vec<u8>,
     },
 }
 
@@ -86,7 +90,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::run(setup::Mode::IfMissing)?;
             test(&args)
         }
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { quick, only } => bench::run(quick, &only),
     }
 }
 
