@@ -437,11 +437,11 @@ impl Supervisor {
         }
         self.probes.arm(pid as u32)?;
         send_command(&self.processes[&pid].eventfd, CMD_GO)?;
-        // The checkpoint only waits from now on, and the standbys it forks
-        // inherit its priority.
-        if let Err(e) = Policy::IDLE.apply(checkpoint.pid) {
+        // The checkpoint reaps and reports this child: at the program's
+        // priority, so its exit is known at once.
+        if let Err(e) = checkpoint.policy.apply(checkpoint.pid) {
             debug!(
-                "cannot let checkpoint {} wait at idle priority: {e}",
+                "cannot give checkpoint {} its priority back: {e}",
                 checkpoint.pid
             );
         }
@@ -469,6 +469,12 @@ impl Supervisor {
         }
         // The files opened last are usually the ones being worked on.
         for index in (0..self.chain.len()).rev() {
+            // From now on it only waits, and the standby it forks inherits
+            // its priority.
+            let pid = self.chain[index].pid;
+            if let Err(e) = Policy::IDLE.apply(pid) {
+                debug!("cannot let checkpoint {pid} wait at idle priority: {e}");
+            }
             self.request_standby(index)?;
         }
         Ok(())

@@ -76,6 +76,8 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
             cmd.process_group(0);
         });
         forkmon.wait_stdout("done pid=", 1);
+        // Its exit is known to forkmon (reported by the checkpoint).
+        forkmon.wait_stderr("program exited with status 0", 1);
         assert!(
             forkmon.tree().len() >= 2,
             "checkpoint and subprocess: {:?}",
