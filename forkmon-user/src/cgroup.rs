@@ -79,7 +79,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -520,8 +520,8 @@ impl Session {
         let Some(node) = self.groups.get(&group) else {
             return Ok(true);
         };
-        let has_kill = node.dead || group == ROOT;
-        wait_until_empty(node.dir.as_fd(), Instant::now() + timeout, has_kill)
+        let killed = node.dead || group == ROOT;
+        wait_until_empty(node.dir.as_fd(), Instant::now() + timeout, killed)
             .map_err(|e| CgroupError::io("cannot wait for", self.describe(group), e))
     }
 
@@ -856,10 +856,7 @@ fn kill_nested(top: OwnedFd, nested: &[(usize, String)], path: &str) {
     // Children come after their parent in pre-order: backwards, each
     // group's nested ones are gone before it is killed.
     for dir in dirs.iter().rev().flatten() {
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        let killed =
-            kill_tree(dir.as_fd()).and_then(|()| wait_until_empty(dir.as_fd(), deadline, true));
-        match killed {
+        match kill_and_wait(dir.as_fd(), Instant::now() + KILL_TIMEOUT) {
             Ok(true) => {}
             Ok(false) => log::debug!("{path}: still exiting after SIGKILL"),
             Err(e) => log::warn!("cannot kill {path}: {e}"),
@@ -867,17 +864,26 @@ fn kill_nested(top: OwnedFd, nested: &[(usize, String)], path: &str) {
     }
 }
 
+/// Set once a write to `cgroup.kill` found no such file (Linux < 5.14).
+static NO_CGROUP_KILL: AtomicBool = AtomicBool::new(false);
+
 /// Kill everything in `dir` and below: `cgroup.kill`, or on Linux < 5.14
 /// SIGKILL to each process (see [`wait_until_empty`]).
 fn kill_tree(dir: BorrowedFd<'_>) -> io::Result<()> {
     match write_file(dir, "cgroup.kill", b"1") {
-        // Linux < 5.14.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            NO_CGROUP_KILL.store(true, Ordering::Relaxed);
             signal_all(dir);
             Ok(())
         }
         result => result,
     }
+}
+
+/// [`kill_tree`], then [`wait_until_empty`].
+fn kill_and_wait(dir: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    kill_tree(dir)?;
+    wait_until_empty(dir, deadline, true)
 }
 
 /// Waits until `cgroup.events` of `dir` says it is empty, or `deadline`
@@ -886,7 +892,7 @@ fn kill_tree(dir: BorrowedFd<'_>) -> io::Result<()> {
 /// so the signal is sent again on every round; `killed` says whether the
 /// group was killed.
 fn wait_until_empty(dir: BorrowedFd<'_>, deadline: Instant, killed: bool) -> io::Result<bool> {
-    let resignal = killed && !has_cgroup_kill(dir);
+    let resignal = killed && NO_CGROUP_KILL.load(Ordering::Relaxed);
     let events = open_file(dir, "cgroup.events", OFlag::O_RDONLY)?;
     let mut buf = [0u8; 256];
     loop {
@@ -912,10 +918,6 @@ fn wait_until_empty(dir: BorrowedFd<'_>, deadline: Instant, killed: bool) -> io:
             signal_all(dir);
         }
     }
-}
-
-fn has_cgroup_kill(dir: BorrowedFd<'_>) -> bool {
-    nix::sys::stat::fstatat(dir, "cgroup.kill", nix::fcntl::AtFlags::empty()).is_ok()
 }
 
 /// SIGKILL every process listed in `dir` and below (kernels without
@@ -1135,9 +1137,7 @@ fn clean_up(session_dir: &Path, ino: Option<u64>, timeout: Duration) -> Result<(
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
-    let killed =
-        kill_tree(dir.as_fd()).and_then(|()| wait_until_empty(dir.as_fd(), deadline, true));
-    let emptied = match killed {
+    let emptied = match kill_and_wait(dir.as_fd(), deadline) {
         Ok(emptied) => emptied,
         // Removed meanwhile.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),

@@ -47,6 +47,14 @@ impl Policy {
         priority: 0,
     };
 
+    /// Gives `pid` this policy if it can: a process that has just exited
+    /// needs none, and a failure only costs priority.
+    pub fn give(&self, pid: i32) {
+        if let Err(e) = self.apply(pid) {
+            log::debug!("cannot set the scheduling policy of {pid}: {e}");
+        }
+    }
+
     /// Gives `pid` this policy.
     pub fn apply(&self, pid: i32) -> io::Result<()> {
         let param = libc::sched_param {

@@ -402,9 +402,7 @@ impl Supervisor {
                     // It runs on as the program, not as a checkpoint.
                     let checkpoint = self.chain.remove(index);
                     self.watcher.unwatch(&checkpoint.file);
-                    if self.stopping.as_ref().is_some_and(|s| s.index >= index) {
-                        self.stopping = None;
-                    }
+                    self.forget_stop_from(index);
                     self.leaf = Some((checkpoint.pid, checkpoint.group));
                     self.report.warn(&format!(
                         "cannot checkpoint at '{}': {error}",
@@ -432,19 +430,12 @@ impl Supervisor {
     /// meanwhile is swept along, found by ancestry.
     fn run_child(&mut self, index: usize, pid: i32) -> anyhow::Result<()> {
         let checkpoint = &self.chain[index];
-        if let Err(e) = checkpoint.policy.apply(pid) {
-            debug!("cannot give {pid} the program's scheduling policy: {e}");
-        }
+        checkpoint.policy.give(pid);
         self.probes.arm(pid as u32)?;
         send_command(&self.processes[&pid].eventfd, CMD_GO)?;
         // The checkpoint reaps and reports this child: at the program's
         // priority, so its exit is known at once.
-        if let Err(e) = checkpoint.policy.apply(checkpoint.pid) {
-            debug!(
-                "cannot give checkpoint {} its priority back: {e}",
-                checkpoint.pid
-            );
-        }
+        checkpoint.policy.give(checkpoint.pid);
         let started = std::time::Instant::now();
         let parent_group = self.chain[index].group;
         let group = self.session.new_child(parent_group)?;
@@ -471,10 +462,7 @@ impl Supervisor {
         for index in (0..self.chain.len()).rev() {
             // From now on it only waits, and the standby it forks inherits
             // its priority.
-            let pid = self.chain[index].pid;
-            if let Err(e) = Policy::IDLE.apply(pid) {
-                debug!("cannot let checkpoint {pid} wait at idle priority: {e}");
-            }
+            Policy::IDLE.give(self.chain[index].pid);
             self.request_standby(index)?;
         }
         Ok(())
@@ -572,6 +560,14 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Checkpoint `index` and those after it are gone: a stop below one of
+    /// them has nothing left to resume.
+    fn forget_stop_from(&mut self, index: usize) {
+        if self.stopping.as_ref().is_some_and(|s| s.index >= index) {
+            self.stopping = None;
+        }
+    }
+
     /// Kill everything below checkpoint `index` (if not done yet) and run
     /// its standby, or the next child it forks if none is ready.
     ///
@@ -606,9 +602,7 @@ impl Supervisor {
             Some(standby) => self.run_child(index, standby),
             None => {
                 // Its fork is on the resume's path now.
-                if let Err(e) = checkpoint.policy.apply(checkpoint.pid) {
-                    debug!("cannot raise checkpoint {}'s priority: {e}", checkpoint.pid);
-                }
+                checkpoint.policy.give(checkpoint.pid);
                 checkpoint.run_next = true;
                 self.request_standby(index)
             }
@@ -632,9 +626,7 @@ impl Supervisor {
             self.watcher.unwatch(&gone.file);
             self.processes.remove(&gone.pid);
         }
-        if self.stopping.as_ref().is_some_and(|s| s.index >= index) {
-            self.stopping = None;
-        }
+        self.forget_stop_from(index);
         if self.chain.is_empty() {
             self.leaf = None;
         }
