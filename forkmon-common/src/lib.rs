@@ -15,8 +15,6 @@ pub const COMM_LEN: usize = 16;
 pub const RING_BYTES: u32 = 16 * 1024 * 1024;
 /// Most processes a traced tree may hold at once.
 pub const MAX_TRACKED: u32 = 32 * 1024;
-/// Most threads that may be inside an open syscall at once.
-pub const MAX_PENDING: u32 = 16 * 1024;
 
 /// First field of every ring-buffer record: which record follows.
 pub mod record_kind {
@@ -45,11 +43,9 @@ pub mod path_state {
 pub mod stat {
     /// A record was lost because the ring buffer was full.
     pub const RING_FULL: u32 = 0;
-    /// An open could not be stashed because too many were in flight.
-    pub const PENDING_FULL: u32 = 1;
     /// A new process could not be followed because the tracked map was full.
-    pub const TRACKED_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    pub const TRACKED_FULL: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Names of the eBPF globals user space sets before load: byte offsets of
@@ -145,7 +141,9 @@ pub struct PrefilterConfig {
     pub accept_all: u32,
     pub suffix_count: u32,
     pub prefix_count: u32,
-    pub _pad: u32,
+    /// Non-zero: report only the opens that were signalled (`forkmon run`
+    /// answers those and needs no others); zero: report every open.
+    pub signalled_only: u32,
     pub suffix_len: [u32; PREFILTER_MAX_SUFFIXES],
     pub suffixes: [[u8; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
     pub prefix_len: [u32; PREFILTER_MAX_PREFIXES],
@@ -158,7 +156,7 @@ impl PrefilterConfig {
         accept_all: 0,
         suffix_count: 0,
         prefix_count: 0,
-        _pad: 0,
+        signalled_only: 0,
         suffix_len: [0; PREFILTER_MAX_SUFFIXES],
         suffixes: [[0; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
         prefix_len: [0; PREFILTER_MAX_PREFIXES],

@@ -1,8 +1,8 @@
 //! forkmon's kernel side: follow one process tree and report every file it
-//! opens. Opens are stashed per thread at syscall entry and emitted at exit
-//! (libbpf-tools' opensnoop shape); process-tree tracking keeps the set of
-//! traced processes in the `TRACKED` map, seeded by user space with the
-//! target's pid before it runs.
+//! opens. Opens are read at syscall exit from the caller's saved registers
+//! (`open.rs` says why not opensnoop's stash-at-entry shape); process-tree
+//! tracking keeps the set of traced processes in the `TRACKED` map, seeded
+//! by user space with the target's pid before it runs.
 #![no_std]
 #![no_main]
 

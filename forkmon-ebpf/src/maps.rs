@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use forkmon_common::{MAX_PENDING, MAX_TRACKED, PrefilterConfig, RING_BYTES};
+use forkmon_common::{MAX_TRACKED, PrefilterConfig, RING_BYTES};
 
 /// Processes (tgids) whose opens are reported. User space inserts the
 /// target; `task_newtask` adds its children, `sched_process_exit` removes
@@ -22,10 +22,6 @@ pub static ARMED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 pub static PREFILTER: Array<PrefilterConfig> = Array::with_max_entries(1, 0);
 
-/// Arguments of opens in flight, by thread id, from syscall entry to exit.
-#[map]
-pub static PENDING: HashMap<u32, PendingOpen> = HashMap::with_max_entries(MAX_PENDING, 0);
-
 /// Records for user space: `OpenRecord`s and `ProcessRecord`s.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -34,20 +30,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(forkmon_common::stat::COUNT, 0);
 
-/// What `sys_enter_*` saw, kept for `sys_exit_*`. The path is read at exit,
-/// not entry: by then the kernel has copied it (`getname`), so its page is
-/// resident and the read cannot fault.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PendingOpen {
-    pub path: u64,
-    pub flags: u64,
-    pub mode: u64,
-    /// `struct open_how *` for openat2, whose flags and mode live there.
-    pub how: u64,
-    pub dirfd: i32,
-    pub syscall: u32,
-}
+/// Submit flag for the records user space must see at once. By default a
+/// submit wakes the reader only if it has read everything before; records
+/// discarded unread (`signalled_only`) keep it behind, so that test would
+/// never wake it.
+pub const WAKE_UP: u64 = aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64;
 
 pub fn is_tracked(tgid: u32) -> bool {
     // SAFETY: the value is a plain u8 and only tested for presence.
@@ -57,6 +44,14 @@ pub fn is_tracked(tgid: u32) -> bool {
 pub fn is_armed(tgid: u32) -> bool {
     // SAFETY: the value is a plain u8 and only tested for presence.
     unsafe { ARMED.get(tgid) }.is_some()
+}
+
+/// Whether user space reads only the opens it is asked to answer
+/// (`forkmon run`), or every open (`forkmon trace`).
+pub fn signalled_only() -> bool {
+    PREFILTER
+        .get(0)
+        .is_some_and(|config| config.signalled_only != 0)
 }
 
 pub fn count(stat: u32) {

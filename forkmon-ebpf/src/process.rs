@@ -8,7 +8,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use forkmon_common::{ProcessRecord, record_kind, stat};
 
-use crate::maps::{ARMED, EVENTS, PENDING, TRACKED, count, global, is_tracked};
+use crate::maps::{ARMED, EVENTS, TRACKED, WAKE_UP, count, global, is_tracked};
 
 // Field offsets, set by user space from tracefs format files before load.
 #[unsafe(no_mangle)]
@@ -75,8 +75,6 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if !is_tracked(tgid) {
         return Ok(());
     }
-    // An open interrupted by the exit never reaches sys_exit_*.
-    let _ = PENDING.remove(pid_tgid as u32);
     // SAFETY: offset from this kernel's format file for the event.
     let group_dead: u8 =
         unsafe { ctx.read_at(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.map_err(i64::from)?;
@@ -97,7 +95,7 @@ fn emit(kind: u32, pid: u32, ppid: u32) {
         ts_ns: now_ns(),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<ProcessRecord>(&record, 0).is_err() {
+    if EVENTS.output::<ProcessRecord>(&record, WAKE_UP).is_err() {
         count(stat::RING_FULL);
     }
 }

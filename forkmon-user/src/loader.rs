@@ -8,7 +8,7 @@ use std::{fs, io, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use aya_log::EbpfLogger;
 use forkmon_common::{PrefilterConfig, global, stat};
@@ -16,14 +16,11 @@ use log::{debug, warn};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// BTF (raw) tracepoints: (program name in the object, tracepoint name).
+const BTF_TRACEPOINTS: &[(&str, &str)] = &[("sys_exit", "sys_exit")];
+
 /// (program name in the object, tracepoint category, tracepoint name)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_open", "syscalls", "sys_enter_open"),
-    ("sys_exit_open", "syscalls", "sys_exit_open"),
-    ("sys_enter_openat", "syscalls", "sys_enter_openat"),
-    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
-    ("sys_enter_openat2", "syscalls", "sys_enter_openat2"),
-    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("task_newtask", "task", "task_newtask"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
@@ -38,6 +35,11 @@ pub enum LoadError {
          mount it with `sudo mount -t tracefs tracefs {TRACEFS}`"
     )]
     Tracefs(nix::Error),
+    #[error(
+        "cannot read the kernel's BTF ({0}); forkmon needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF (/sys/kernel/btf/vmlinux)"
+    )]
+    Btf(Box<aya::BtfError>),
     #[error("cannot read the layout of tracepoint {event} ({source}); is this kernel ≥ 5.8?")]
     Format { event: String, source: io::Error },
     #[error("tracepoint {event} has no field `{field}` on this kernel")]
@@ -103,6 +105,24 @@ impl Probes {
             }
         };
 
+        let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
+        for &(program, name) in BTF_TRACEPOINTS {
+            let mut attach = || -> Result<(), aya::programs::ProgramError> {
+                let tp: &mut BtfTracePoint = ebpf
+                    .program_mut(program)
+                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+                    .try_into()?;
+                tp.load(name, &btf)?;
+                tp.attach()?;
+                Ok(())
+            };
+            attach().map_err(|source| LoadError::Attach {
+                category: "btf".into(),
+                name: name.into(),
+                source: Box::new(source),
+            })?;
+            debug!("attached btf/{name}");
+        }
         for &(program, category, name) in TRACEPOINTS {
             let mut attach = || -> Result<(), aya::programs::ProgramError> {
                 let tp: &mut TracePoint = ebpf
@@ -184,7 +204,6 @@ impl Probes {
     pub fn losses(&self) -> Losses {
         Losses {
             ring_full: self.stat(stat::RING_FULL),
-            pending_full: self.stat(stat::PENDING_FULL),
             tracked_full: self.stat(stat::TRACKED_FULL),
         }
     }
@@ -194,7 +213,6 @@ impl Probes {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Losses {
     pub ring_full: u64,
-    pub pending_full: u64,
     pub tracked_full: u64,
 }
 

@@ -726,7 +726,12 @@ fn stub_memfd() -> anyhow::Result<OwnedFd> {
 }
 
 fn prefilter_config(prefilter: &Prefilter) -> PrefilterConfig {
-    let mut config = PrefilterConfig::NONE;
+    // The supervisor acts only on the opens it must answer; the path of each
+    // is resolved live from /proc while the process waits.
+    let mut config = PrefilterConfig {
+        signalled_only: 1,
+        ..PrefilterConfig::NONE
+    };
     let fits = prefilter.suffixes.len() <= PREFILTER_MAX_SUFFIXES
         && prefilter.prefixes.len() <= PREFILTER_MAX_PREFIXES
         && prefilter

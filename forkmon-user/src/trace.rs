@@ -166,12 +166,6 @@ fn report_losses(losses: Losses) {
             losses.ring_full
         );
     }
-    if losses.pending_full > 0 {
-        warn!(
-            "{} opens were not reported: too many in flight at once",
-            losses.pending_full
-        );
-    }
     if losses.tracked_full > 0 {
         warn!(
             "{} new processes were not followed: too many at once",

@@ -224,6 +224,28 @@ fn python_import_resumes() {
     );
 }
 
+/// forkmon is not woken for the opens it does not answer; their records
+/// are dropped in the kernel. Thousands of them must not fill the ring
+/// buffer and hide the open that matters.
+#[test]
+fn many_unmatched_opens_before_the_checkpoint() {
+    if !bpf_available("many_unmatched_opens_before_the_checkpoint") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "mod.py", "VALUE = 'one'\n");
+    // 20000 records of 4 KiB each would fill the 16 MiB ring 5 times over.
+    let program = "import os\nprint('startup', flush=True)\n\
+                   for _ in range(20000): os.close(os.open('/etc/hostname', os.O_RDONLY))\n\
+                   import mod\nprint('content=' + mod.VALUE, flush=True)";
+    let forkmon = Forkmon::start(d, &["--filter", "*.py"], &["python3", "-c", program]);
+    forkmon.wait_stdout("content=one", 1);
+    save_by_rename(&d.join("mod.py"), "VALUE = 'two'\n");
+    forkmon.wait_stdout("content=two", 1);
+    assert_eq!(forkmon.stdout().matches("startup").count(), 1);
+}
+
 #[test]
 fn perl_require_resumes() {
     if !bpf_available("perl_require_resumes") {
