@@ -85,9 +85,34 @@ pub mod stub {
     /// Fork here: the process becomes a checkpoint. It forks one child at
     /// once; children wait, registered, until forkmon tells one to run.
     pub const CMD_CHECKPOINT: u64 = 2;
-    /// To a checkpoint: fork one more waiting child (the standby that the
-    /// next resume will wake, so a resume needs no fork).
+    /// To a checkpoint: fork one more child, to run as soon as it has
+    /// registered (a resume without a standby).
     pub const CMD_FORK: u64 = 3;
+    /// To a checkpoint: fork one more waiting child, the standby that the
+    /// next resume will wake, so a resume needs no fork. It prepares while
+    /// it waits.
+    pub const CMD_FORK_STANDBY: u64 = 4;
+    /// The command in a value read from the eventfd (the low byte).
+    pub const CMD_MASK: u64 = 0xff;
+    /// To a waiting child, alone or added to `CMD_GO`: "go" is due within
+    /// the microseconds in bits 16 and up; poll for it rather than sleep.
+    /// Waking from a sleep on an idle CPU costs 50–100 µs on a VM, most of
+    /// a resume. Sent at most once per child, so it never adds to itself.
+    pub const CMD_SPIN: u64 = 1 << 8;
+
+    /// `CMD_SPIN` for at most `budget_us` microseconds.
+    pub const fn spin_command(budget_us: u64) -> u64 {
+        CMD_SPIN | budget_us << 16
+    }
+
+    /// How long a `CMD_SPIN` value says to poll, in microseconds.
+    pub const fn spin_budget_us(value: u64) -> u64 {
+        if value & CMD_SPIN == 0 {
+            0
+        } else {
+            value >> 16
+        }
+    }
 
     /// Or'ed into the stub's own re-open: not a valid open flag, so the
     /// kernel ignores it, but the eBPF program sees it and never signals.

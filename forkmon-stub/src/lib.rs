@@ -21,9 +21,11 @@ use core::{
     sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
+mod prefault;
+
 use forkmon_common::stub::{
-    CMD_CHECKPOINT, CMD_FORK, CMD_GO, ENV_FLUSH, ENV_SOCKET, MSG_CHILD, MSG_EXITED, MSG_FAILED,
-    MSG_HELLO, Message, REOPEN_MARK, SIGNAL,
+    CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH, ENV_SOCKET, MSG_CHILD,
+    MSG_EXITED, MSG_FAILED, MSG_HELLO, Message, REOPEN_MARK, SIGNAL, spin_budget_us,
 };
 
 /// The registration socket shared by the whole tree.
@@ -292,8 +294,9 @@ unsafe fn checkpoint(fd: i32) {
             libc::fflush(ptr::null_mut());
         }
         let mut children = Children::new();
+        let mut standby = false;
         loop {
-            match fork_child(me, fd, &file) {
+            match fork_child(me, fd, &file, standby) {
                 Forked::Child => return,
                 Forked::Parent(child) => children.add(child),
                 Forked::Failed(errno) => {
@@ -306,8 +309,9 @@ unsafe fn checkpoint(fd: i32) {
                     }
                 }
             }
-            if !children.wait_for_fork_command(me) {
-                libc::_exit(0);
+            match children.wait_for_fork_command(me) {
+                Some(command) => standby = command == CMD_FORK_STANDBY,
+                None => libc::_exit(0),
             }
         }
     }
@@ -319,12 +323,12 @@ enum Forked {
     Failed(i32),
 }
 
-unsafe fn fork_child(checkpoint: i32, fd: i32, file: &OpenFile) -> Forked {
+unsafe fn fork_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool) -> Forked {
     // SAFETY: _Fork is async-signal-safe; the child only makes raw calls.
     unsafe {
         match _Fork() {
             0 => {
-                become_child(checkpoint, fd, file);
+                become_child(checkpoint, fd, file, standby);
                 Forked::Child
             }
             child if child > 0 => Forked::Parent(child),
@@ -351,7 +355,7 @@ unsafe fn fail(me: i32, fd: i32, errno: i32, gave_up: bool) {
 /// In a fresh child: die with the checkpoint, register, wait to be told to
 /// run, then re-open the file so this run has its own offset and sees the
 /// file as it is *now*.
-unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile) {
+unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool) {
     // SAFETY: raw syscalls on our fds and buffers.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -365,10 +369,16 @@ unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile) {
             fd,
             ..Message::default()
         };
+        if standby {
+            // Before registering: forkmon may wake a registered standby at
+            // once (a resume that came while it was being forked).
+            prefault::map_file_pages();
+            prefault::copy_stack_pages();
+        }
         if register(&message).is_none() {
             libc::_exit(127);
         }
-        wait_command();
+        wait_for_go();
         // Marked, so the eBPF program does not signal this open.
         let flags = file.status_flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
         let fresh = libc::open(
@@ -384,6 +394,56 @@ unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile) {
             // than from where a previous child left the shared offset.
             libc::lseek(fd, 0, libc::SEEK_SET);
         }
+    }
+}
+
+/// Waits until forkmon says "go". After a `CMD_SPIN` it polls rather than
+/// sleeps, for the time the command gives.
+unsafe fn wait_for_go() {
+    loop {
+        // SAFETY: reads our own eventfd.
+        let mut value = unsafe { wait_command() };
+        let budget = spin_budget_us(value);
+        if budget > 0 && value & CMD_MASK != CMD_GO {
+            // SAFETY: as above.
+            value = unsafe { poll_command(budget) };
+        }
+        if value & CMD_MASK == CMD_GO {
+            return;
+        }
+    }
+}
+
+/// Polls this process's eventfd for up to `budget_us` µs; returns the
+/// command read, or 0 if none came.
+unsafe fn poll_command(budget_us: u64) -> u64 {
+    let deadline = monotonic_ns().saturating_add(budget_us.saturating_mul(1000));
+    let mut ready = libc::pollfd {
+        fd: EVENTFD.load(Ordering::Relaxed),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll on one pollfd we own, without blocking.
+        if unsafe { libc::poll(&mut ready, 1, 0) } == 1 {
+            // SAFETY: readable: the read does not block.
+            return unsafe { wait_command() };
+        }
+        if monotonic_ns() >= deadline {
+            return 0;
+        }
+        // forkmon may share this CPU: let it run as soon as it wants to.
+        // SAFETY: no arguments.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime into a timespec we own.
+    unsafe {
+        let mut now: libc::timespec = zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
     }
 }
 
@@ -417,8 +477,8 @@ impl Children {
     }
 
     /// Reaps children as they end (telling forkmon how) until forkmon asks
-    /// for a new child (true) or is gone (false).
-    unsafe fn wait_for_fork_command(&mut self, me: i32) -> bool {
+    /// for a new child (the command) or is gone (None).
+    unsafe fn wait_for_fork_command(&mut self, me: i32) -> Option<u64> {
         // SAFETY: raw syscalls on our fds.
         unsafe {
             let eventfd = EVENTFD.load(Ordering::Relaxed);
@@ -436,15 +496,18 @@ impl Children {
                     if *libc::__errno_location() == libc::EINTR {
                         continue;
                     }
-                    return false;
+                    return None;
                 }
                 for slot in 0..MAX_CHILDREN {
                     if fds[slot + 1].revents != 0 {
                         self.reap(me, slot);
                     }
                 }
-                if fds[0].revents != 0 && wait_command() == CMD_FORK {
-                    return true;
+                if fds[0].revents != 0 {
+                    let command = wait_command();
+                    if command == CMD_FORK || command == CMD_FORK_STANDBY {
+                        return Some(command);
+                    }
                 }
             }
         }

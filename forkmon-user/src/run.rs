@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use forkmon_common::{
     OpenRecord, PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN,
     PREFILTER_SUFFIX_LEN, PrefilterConfig, Record, record_kind,
-    stub::{self, CMD_CHECKPOINT, CMD_FORK, CMD_GO},
+    stub::{self, CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO},
 };
 use log::{debug, warn};
 use nix::{
@@ -39,12 +39,16 @@ use crate::{
     output::Reporter,
     paths::PathResolver,
     priority::Policy,
-    watcher::{Delays, Identity, WatchEvent, Watcher},
+    watcher::{Delays, EVALUATION_LEAD, Identity, WatchEvent, Watcher},
 };
 
 /// How long a resume waits for the frozen checkpoints and standbys below it
 /// to exit (see [`Supervisor::resume_from`]).
 const FROZEN_GRACE: Duration = Duration::from_millis(1);
+
+/// How much longer than [`EVALUATION_LEAD`] a primed standby polls for
+/// "go" before it sleeps again (forkmon may be late on a loaded machine).
+const STANDBY_SPIN_MARGIN: Duration = Duration::from_millis(2);
 
 /// The stub library, embedded at build time (see build.rs).
 static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.so"));
@@ -81,6 +85,8 @@ struct Stopping {
     /// The group holding everything below the checkpoint: the same, plus
     /// the later checkpoints and their standbys.
     below: Option<GroupId>,
+    /// The checkpoint's standby was told the resume is imminent.
+    primed: bool,
 }
 
 /// A registered process: the only ones forkmon can talk to.
@@ -371,7 +377,7 @@ impl Supervisor {
                 let checkpoint = &mut self.chain[index];
                 checkpoint.forking = false;
                 if std::mem::take(&mut checkpoint.run_next) {
-                    self.run_child(index, message.pid)?;
+                    self.run_child(index, message.pid, false)?;
                 } else {
                     checkpoint.standby = Some(message.pid);
                 }
@@ -423,16 +429,25 @@ impl Supervisor {
 
     /// Lets checkpoint `index`'s registered child `pid` run the program,
     /// then makes sure a standby is on its way for the next resume.
+    /// `primed`: it has its priority and is armed (see
+    /// [`prime_resume`](Self::prime_resume)).
     ///
     /// The child runs first and is moved into its own cgroup right after:
     /// moving a process between cgroups waits for an RCU grace period
     /// (~10 ms here), which must not delay the run. What it spawns
     /// meanwhile is swept along, found by ancestry.
-    fn run_child(&mut self, index: usize, pid: i32) -> anyhow::Result<()> {
+    fn run_child(&mut self, index: usize, pid: i32, primed: bool) -> anyhow::Result<()> {
         let checkpoint = &self.chain[index];
-        checkpoint.policy.give(pid);
-        self.probes.arm(pid as u32)?;
+        if !primed {
+            checkpoint.policy.give(pid);
+            self.probes.arm(pid as u32)?;
+        }
         send_command(&self.processes[&pid].eventfd, CMD_GO)?;
+        if primed {
+            // It polls, perhaps on this CPU (see `prime_resume`): let it go
+            // before the bookkeeping below.
+            std::thread::yield_now();
+        }
         // The checkpoint reaps and reports this child: at the program's
         // priority, so its exit is known at once.
         checkpoint.policy.give(checkpoint.pid);
@@ -476,8 +491,13 @@ impl Supervisor {
             return Ok(());
         }
         checkpoint.forking = true;
+        let command = if checkpoint.run_next {
+            CMD_FORK
+        } else {
+            CMD_FORK_STANDBY
+        };
         match self.processes.get(&checkpoint.pid) {
-            Some(process) => send_command(&process.eventfd, CMD_FORK)?,
+            Some(process) => send_command(&process.eventfd, command)?,
             None => warn!("checkpoint {} is gone", checkpoint.pid),
         }
         Ok(())
@@ -503,6 +523,7 @@ impl Supervisor {
                 Some(index) => self.stop_below(index),
                 None => Ok(()),
             },
+            WatchEvent::Imminent => self.prime_resume(),
             WatchEvent::Changed(files) => {
                 let stopped = self.stopping.as_ref().map(|s| s.index);
                 match self.earliest_of(&files).into_iter().chain(stopped).min() {
@@ -556,7 +577,39 @@ impl Supervisor {
             index,
             running,
             below,
+            primed: false,
         });
+        Ok(())
+    }
+
+    /// The resume is due within [`EVALUATION_LEAD`]: do now what can be
+    /// done before it. Tell the standby of the stopped checkpoint, so that
+    /// it polls for "go" rather than sleeps, and give it what it needs to
+    /// run (the program's priority, the signal); say which file changed;
+    /// and check whether what was killed is gone (the first look at a
+    /// cgroup costs ~30 µs).
+    fn prime_resume(&mut self) -> anyhow::Result<()> {
+        let Some(stopping) = self.stopping.as_mut().filter(|s| !s.primed) else {
+            return Ok(());
+        };
+        stopping.primed = true;
+        let checkpoint = &self.chain[stopping.index];
+        self.report.changed(&checkpoint.file);
+        for group in [&mut stopping.running, &mut stopping.below] {
+            if group.is_some_and(|g| self.session.wait_empty(g, Duration::ZERO).unwrap_or(false)) {
+                *group = None;
+            }
+        }
+        let Some(standby) = checkpoint.standby else {
+            return Ok(());
+        };
+        let Some(process) = self.processes.get(&standby) else {
+            return Ok(());
+        };
+        checkpoint.policy.give(standby);
+        self.probes.arm(standby as u32)?;
+        let budget = (EVALUATION_LEAD + STANDBY_SPIN_MARGIN).as_micros() as u64;
+        send_command(&process.eventfd, stub::spin_command(budget))?;
         Ok(())
     }
 
@@ -576,9 +629,11 @@ impl Supervisor {
     /// checkpoints and standbys below are waited for only briefly: they
     /// run nothing, and thousands of them take long to exit.
     fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
-        self.report.changed(&self.chain[index].file);
         self.stop_below(index)?;
         let stopping = self.stopping.take().expect("stopped just above");
+        if !stopping.primed {
+            self.report.changed(&self.chain[index].file);
+        }
         let started = std::time::Instant::now();
         if let Some(group) = stopping.running {
             match self.session.wait_empty(group, KILL_TIMEOUT) {
@@ -599,7 +654,7 @@ impl Supervisor {
         );
         let checkpoint = &mut self.chain[index];
         let result = match checkpoint.standby.take() {
-            Some(standby) => self.run_child(index, standby),
+            Some(standby) => self.run_child(index, standby, stopping.primed),
             None => {
                 // Its fork is on the resume's path now.
                 checkpoint.policy.give(checkpoint.pid);

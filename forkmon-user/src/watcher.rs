@@ -85,6 +85,11 @@ pub const MISSING_GRACE: Duration = Duration::from_secs(2);
 pub const MODIFY_QUIET: Duration = Duration::from_millis(300);
 /// …or this long after its first event, whichever comes first.
 pub const MODIFY_CAP: Duration = Duration::from_secs(2);
+/// How long before a burst's evaluation [`WatchEvent::Imminent`] is
+/// reported, and from when the watcher polls the clock instead of sleeping:
+/// waking from a sleep on an idle CPU takes 50–100 µs on a VM, which would
+/// be most of a resume. Long enough for forkmon and a standby to wake.
+pub const EVALUATION_LEAD: Duration = Duration::from_micros(500);
 /// Shortest interval between re-checks for a missing file (when
 /// `restart` is 0).
 const MIN_RECHECK: Duration = Duration::from_millis(10);
@@ -301,6 +306,8 @@ struct Burst {
     modify_last: Option<Instant>,
     /// Re-check time while holding for a missing file.
     recheck_at: Option<Instant>,
+    /// [`WatchEvent::Imminent`] was reported.
+    imminent: bool,
 }
 
 /// What [`Watcher::next_event`] reports.
@@ -309,6 +316,10 @@ pub enum WatchEvent {
     /// An event named these files: they have likely changed, which a later
     /// `Changed` confirms (or not) once the delays have passed.
     Touched(Vec<PathBuf>),
+    /// The burst of `Touched` files is evaluated in at most
+    /// [`EVALUATION_LEAD`] (the watcher polls the clock until then); reported
+    /// once per burst, when it has a delay.
+    Imminent,
     /// The files that changed, in the order their first event was seen;
     /// empty when the touched files all turned out unchanged.
     Changed(Vec<PathBuf>),
@@ -456,6 +467,22 @@ impl Watcher {
                     &mut self.burst.unannounced,
                 )));
             }
+            if let Some(at) = ready
+                && now + EVALUATION_LEAD >= at
+            {
+                if !self.burst.imminent && !self.burst.touched.is_empty() {
+                    self.burst.imminent = true;
+                    return Ok(WatchEvent::Imminent);
+                }
+                // Blocks the runtime for at most the lead. Yields, so that a
+                // process woken on this CPU (the standby told to poll) runs
+                // at once rather than after us.
+                while Instant::now() < at {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            let wake_at = ready.map(|at| at.checked_sub(EVALUATION_LEAD).unwrap_or(at));
             tokio::select! {
                 guard = self.inotify.readable() => {
                     // Forget the readiness, then drain to EAGAIN at the top
@@ -463,7 +490,7 @@ impl Watcher {
                     // again, so no wake-up is lost.
                     guard.map_err(|source| WatchError::Read { source })?.clear_ready();
                 }
-                () = self.timer.sleep_until(ready) => {}
+                () = self.timer.sleep_until(wake_at) => {}
             }
         }
     }
@@ -946,11 +973,60 @@ mod tests {
         assert_eq!(w.baseline(&p[0]), Identity::of(&p[0]).ok());
     }
 
+    /// The next event but `Imminent`.
     async fn next_event(w: &mut Watcher) -> WatchEvent {
+        loop {
+            match any_event(w).await {
+                WatchEvent::Imminent => continue,
+                event => return event,
+            }
+        }
+    }
+
+    async fn any_event(w: &mut Watcher) -> WatchEvent {
         tokio::time::timeout(PATIENCE, w.next_event())
             .await
             .expect("no event within 3 s")
             .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn imminent_comes_once_just_before_the_evaluation() {
+        let (_dir, p) = setup(&["x"]);
+        let delay = Duration::from_millis(300);
+        let mut w = watcher(delay.as_millis() as u64, 200);
+        w.watch(&p[0]).unwrap();
+        let saved = Instant::now();
+        fs::write(&p[0], "new\n").unwrap();
+        assert_eq!(
+            any_event(&mut w).await,
+            WatchEvent::Touched(vec![p[0].clone()])
+        );
+        fs::write(&p[0], "newer\n").unwrap();
+        assert_eq!(any_event(&mut w).await, WatchEvent::Imminent);
+        // The delay counts from when the watcher saw the first event, after
+        // `saved`: these are lower bounds.
+        assert!(saved.elapsed() >= delay - EVALUATION_LEAD);
+        assert_eq!(
+            any_event(&mut w).await,
+            WatchEvent::Changed(vec![p[0].clone()])
+        );
+        assert!(saved.elapsed() >= delay);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_a_delay_nothing_is_imminent() {
+        let (_dir, p) = setup(&["x"]);
+        let mut w = watcher(0, 0);
+        w.watch(&p[0]).unwrap();
+        fs::write(&p[0], "new\n").unwrap();
+        loop {
+            match any_event(&mut w).await {
+                WatchEvent::Touched(_) => continue,
+                WatchEvent::Imminent => panic!("imminent without a delay"),
+                WatchEvent::Changed(files) => break assert_eq!(files, vec![p[0].clone()]),
+            }
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -975,10 +1051,7 @@ mod tests {
             WatchEvent::Touched(vec![p[0].clone()])
         );
         assert_eq!(
-            tokio::time::timeout(Duration::from_secs(5), w.next_event())
-                .await
-                .expect("no report")
-                .unwrap(),
+            next_event(&mut w).await,
             WatchEvent::Changed(vec![p[1].clone(), p[0].clone()])
         );
         assert!(saved.elapsed() >= Duration::from_millis(2000));

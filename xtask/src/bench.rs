@@ -202,8 +202,10 @@ impl Bench {
         Running::start(fixture.to_string(), cmd, false)
     }
 
+    /// Distinct contents, all of one length for one tag length (see
+    /// [`write_timed`]).
     fn content(&self, tag: &str, k: usize) -> String {
-        format!("{tag}{k}-{}", self.nonce)
+        format!("{tag}{k:05}-{}", self.nonce)
     }
 }
 
@@ -428,12 +430,14 @@ impl fmt::Display for Delays {
 
 fn resume_latency(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
     s.note(format!(
-        "{} resumes per configuration: from the write(2) of data.txt returning (before its \
-         close) to the resumed child's clock_gettime after reading it; delays = \
+        "{} resumes per configuration: from the write(2) of data.txt returning (one write over \
+         a file of the same length, no truncation: forkmon's first event is that write, so \
+         the restart delay starts no earlier than the latency) to the resumed child's \
+         clock_gettime after reading it; delays = \
          --restart-delay/--ignore-delay ms; changes spaced by restart + ignore + 50 ms. The \
-         woken forkmon and child can run before the bench reads its clock (2 cores): such a \
-         latency is too low, even negative; \"from before the write\" (taken before open) \
-         bounds it from above",
+         bench writes at real-time priority, so that forkmon, woken by the write, cannot run \
+         before the bench reads its clock; \"from before the write\" (taken before open) \
+         bounds the latency from above",
         b.plan.resumes
     ));
     for &mb in b.plan.sizes_mb {
@@ -502,13 +506,16 @@ fn measure_resumes(
 ) -> anyhow::Result<()> {
     let dir = tempdir()?;
     let data = dir.path().join("data.txt");
-    fs::write(&data, "initial\n")?;
+    // As long as the contents written later (see `write_timed`).
+    let initial = b.content("i", 0);
+    fs::write(&data, format!("{initial}\n"))?;
     let mut args = vec![mb.to_string()];
     args.extend_from_slice(extra);
     let mut all_options = delays.options();
     all_options.extend(options.iter().map(|o| o.to_string()));
     let mut forkmon = b.under_forkmon(dir.path(), &all_options, "resume", &args, false)?;
-    forkmon.line(within(START_TIMEOUT), |l| l.ends_with(" content=initial"))?;
+    let started = format!(" content={initial}");
+    forkmon.line(within(START_TIMEOUT), |l| l.ends_with(&started))?;
     for k in 0..count {
         thread::sleep(delays.spacing());
         let resumed = resume_once(&mut forkmon, &data, &b.content("r", k), RESUME_TIMEOUT)
@@ -547,15 +554,58 @@ fn resume_once(
     })
 }
 
-/// Writes `content` and a newline to `file` (truncated, like fs::write):
-/// CLOCK_MONOTONIC before the open and right after the write returns.
+/// Writes `content` and a newline to `file`: CLOCK_MONOTONIC before the
+/// open and right after the write returns.
+///
+/// Over a file of the same length it is one write(2), without truncation:
+/// the first event forkmon sees then comes from that write, just before
+/// the timestamp, so a restart delay counted from it starts no earlier than
+/// the latency does. A truncating open would start it before the write.
+///
+/// The write runs at real-time priority: forkmon, woken by it, must not run
+/// on this CPU between the write and the clock read (it would make the
+/// latency look shorter by as long as it runs).
 fn write_timed(file: &Path, content: &str) -> std::io::Result<(i64, i64)> {
+    let data = format!("{content}\n");
+    let same_length = fs::metadata(file).is_ok_and(|m| m.len() == data.len() as u64);
+    let unpreempted = RealTime::enter();
     let before = monotonic_ns();
-    let mut f = fs::File::create(file)?;
-    f.write_all(format!("{content}\n").as_bytes())?;
+    let mut f = if same_length {
+        fs::OpenOptions::new().write(true).open(file)?
+    } else {
+        fs::File::create(file)?
+    };
+    f.write_all(data.as_bytes())?;
     let written = monotonic_ns();
+    // Not a moment longer: holding the CPU would delay forkmon, too.
+    drop(unpreempted);
     drop(f);
     Ok((before, written))
+}
+
+/// This thread at `SCHED_FIFO` until dropped (the bench runs as root).
+struct RealTime;
+
+impl RealTime {
+    fn enter() -> RealTime {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sets this thread's policy from a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            eprintln!(
+                "xtask bench: cannot raise the writer's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        RealTime
+    }
+}
+
+impl Drop for RealTime {
+    fn drop(&mut self) {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as above.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    }
 }
 
 // ---------------------------------------------------------------------------
