@@ -22,6 +22,8 @@ pub mod record_kind {
     pub const FORK: u32 = 2;
     pub const EXEC: u32 = 3;
     pub const EXIT: u32 = 4;
+    /// The process changed its working directory (`chdir`, `fchdir`).
+    pub const CHDIR: u32 = 5;
 }
 
 /// Which syscall an [`OpenRecord`] comes from.
@@ -228,7 +230,8 @@ pub struct OpenRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessRecord {
-    /// [`record_kind::FORK`], [`record_kind::EXEC`] or [`record_kind::EXIT`].
+    /// [`record_kind::FORK`], [`record_kind::EXEC`], [`record_kind::EXIT`] or
+    /// [`record_kind::CHDIR`].
     pub kind: u32,
     /// The process (tgid) the record is about: the child for a fork.
     pub pid: u32,
@@ -239,6 +242,9 @@ pub struct ProcessRecord {
     /// The process's `comm` after the event.
     pub comm: [u8; COMM_LEN],
 }
+
+#[cfg(feature = "prefault")]
+pub mod prefault;
 
 #[cfg(feature = "user")]
 mod user {
@@ -277,7 +283,7 @@ mod user {
             let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
             match kind {
                 record_kind::OPEN => view(bytes).map(Record::Open),
-                record_kind::FORK | record_kind::EXEC | record_kind::EXIT => {
+                record_kind::FORK | record_kind::EXEC | record_kind::EXIT | record_kind::CHDIR => {
                     read(bytes).map(Record::Process)
                 }
                 _ => None,

@@ -24,7 +24,7 @@ use forkmon_common::{
 
 use crate::{
     maps::{EVENTS, WAKE_UP, count, is_armed, is_tracked, signalled_only},
-    prefilter,
+    prefilter, process,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -33,6 +33,8 @@ const AT_FDCWD: i32 = -100;
 const NR_OPEN: u64 = 2;
 const NR_OPENAT: u64 = 257;
 const NR_OPENAT2: u64 = 437;
+const NR_CHDIR: u64 = 80;
+const NR_FCHDIR: u64 = 81;
 /// `__USER_CS`: the code segment of a 64-bit caller. 32-bit callers number
 /// their syscalls differently and are not followed.
 const USER64_CS: u64 = 0x33;
@@ -61,6 +63,14 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // Every syscall of every process passes here: test the number first.
     let nr = regs.orig_rax;
     if nr != NR_OPEN && nr != NR_OPENAT && nr != NR_OPENAT2 {
+        if nr == NR_CHDIR || nr == NR_FCHDIR {
+            // User space resolves relative paths against the cwd it knows,
+            // and reads it again only after this.
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            if ctx.arg::<i64>(1) == 0 && is_tracked(tgid) && regs.cs == USER64_CS {
+                process::emit(record_kind::CHDIR, tgid, 0);
+            }
+        }
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -86,7 +86,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-fn emit(kind: u32, pid: u32, ppid: u32) {
+pub fn emit(kind: u32, pid: u32, ppid: u32) {
     let record = ProcessRecord {
         kind,
         pid,

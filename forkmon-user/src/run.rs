@@ -174,6 +174,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     // The tree holds its own copies now.
     drop(target_end);
     drop(library);
+    launcher::reown_pages();
 
     let mut supervisor = Supervisor {
         probes,
@@ -268,6 +269,7 @@ impl Supervisor {
         match record {
             Owned::Process(process) => match process.kind {
                 record_kind::FORK => self.paths.on_fork(process.pid, process.ppid),
+                record_kind::CHDIR => self.paths.on_chdir(process.pid),
                 record_kind::EXIT => {
                     self.paths.on_exit(process.pid);
                     self.on_exit(process.pid as i32);
@@ -301,16 +303,13 @@ impl Supervisor {
             return Ok(());
         }
         let path = path.expect("checked above");
-        // Watch before the child goes on, against the identity of the very
-        // file the program opened: a save between its open and now is
-        // then still seen as a change.
+        // The identity of the very file the program opened, taken while it
+        // waits: the watch below compares it with the file it finds, so a
+        // save between the open and the watch is still seen as a change.
         let opened = Identity::of(Path::new(&format!("/proc/{pid}/fd/{}", open.ret))).ok();
-        self.watcher.watch_with_baseline(&path, opened)?;
-        self.report.watch(&path);
-        let process = &self.processes[&pid];
         let (_, group) = self.leaf.take().expect("only the leaf checkpoints");
         self.chain.push(Checkpoint {
-            file: path,
+            file: path.clone(),
             pid,
             group,
             child: None,
@@ -320,6 +319,9 @@ impl Supervisor {
             policy: Policy::of(pid).unwrap_or(Policy::NORMAL),
         });
         send_command(&process.eventfd, CMD_CHECKPOINT)?;
+        // While it forks (its child waits for "go" from this thread).
+        self.watcher.watch_with_baseline(&path, opened)?;
+        self.report.watch(&path);
         Ok(())
     }
 
@@ -752,12 +754,25 @@ fn descends_from(mut pid: i32, ancestor: i32) -> bool {
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name (which may hold spaces and ')').
-    stat.rsplit_once(')')?
-        .1
+    stat_field(pid, 4)
+}
+
+/// Field `field` (numbered from 1, as in proc(5)) of `/proc/PID/stat`, in
+/// one read (it is on a checkpoint's path).
+fn stat_field<T: std::str::FromStr>(pid: i32, field: usize) -> Option<T> {
+    let mut buf = [0u8; 1024];
+    let len = io::Read::read(
+        &mut fs::File::open(format!("/proc/{pid}/stat")).ok()?,
+        &mut buf,
+    )
+    .ok()?;
+    // The fields after the command name (field 2, which may hold spaces,
+    // ')' and bytes that are not UTF-8).
+    let end = buf[..len].iter().rposition(|b| *b == b')')?;
+    std::str::from_utf8(&buf[end + 1..len])
+        .ok()?
         .split_whitespace()
-        .nth(1)?
+        .nth(field.checked_sub(3)?)?
         .parse()
         .ok()
 }
@@ -766,8 +781,10 @@ fn is_regular_file(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
+/// One read of `/proc/PID/stat` (`num_threads`): on the checkpoint's path,
+/// and half the cost of listing `/proc/PID/task`.
 fn thread_count(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |tasks| tasks.count())
+    stat_field(pid, 20).unwrap_or(1)
 }
 
 /// The stub library in an anonymous in-memory file: the target loads it as
@@ -812,4 +829,33 @@ fn prefilter_config(prefilter: &Prefilter) -> PrefilterConfig {
         config.prefixes[i][..prefix.len()].copy_from_slice(prefix);
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_fields_are_read_after_the_command_name() {
+        let me = std::process::id() as i32;
+        assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw()));
+        // Other tests run in threads of this process: only a bound here.
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let extra = std::thread::spawn(move || stopped.recv());
+        assert!(thread_count(me) >= 2);
+        stop.send(()).unwrap();
+        extra.join().unwrap().unwrap();
+        let mut single = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert_eq!(thread_count(single.id() as i32), 1);
+        single.kill().unwrap();
+        single.wait().unwrap();
+        assert_eq!(
+            stat_field::<i32>(me, 2),
+            None,
+            "the command name is not a field here"
+        );
+    }
 }

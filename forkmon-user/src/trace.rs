@@ -82,6 +82,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
         }
         Record::Process(process) => match process.kind {
             record_kind::FORK => paths.on_fork(process.pid, process.ppid),
+            record_kind::CHDIR => paths.on_chdir(process.pid),
             record_kind::EXIT => paths.on_exit(process.pid),
             _ => {}
         },

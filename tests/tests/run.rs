@@ -246,6 +246,26 @@ fn many_unmatched_opens_before_the_checkpoint() {
     assert_eq!(forkmon.stdout().matches("startup").count(), 1);
 }
 
+/// forkmon knows the program's cwd without asking /proc at every open:
+/// after a chdir it must ask again.
+#[test]
+fn relative_opens_after_a_chdir_resolve_against_the_new_cwd() {
+    if !bpf_available("relative_opens_after_a_chdir_resolve_against_the_new_cwd") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::create_dir(d.join("sub")).unwrap();
+    write(d, "sub/data.txt", "one\n");
+    let program = "import os\nprint('startup', flush=True)\nos.chdir('sub')\n\
+                   print('content=' + open('data.txt').read().strip(), flush=True)";
+    let forkmon = Forkmon::start(d, &["--filter", "*.txt"], &["python3", "-c", program]);
+    forkmon.wait_stdout("content=one", 1);
+    save_by_rename(&d.join("sub/data.txt"), "two\n");
+    forkmon.wait_stdout("content=two", 1);
+    assert_eq!(forkmon.stdout().matches("startup").count(), 1);
+}
+
 #[test]
 fn perl_require_resumes() {
     if !bpf_available("perl_require_resumes") {
