@@ -41,6 +41,15 @@ pub mod path_state {
     pub const UNREADABLE: u32 = 2;
 }
 
+/// Values of the `ARMED` map.
+pub mod armed {
+    /// The process's stub has registered: it may be signalled.
+    pub const ARMED: u8 = 1;
+    /// Armed, and so is the next process it forks (a checkpoint's child that
+    /// runs at once, armed before it can open anything); then `ARMED`.
+    pub const ARM_NEXT_CHILD: u8 = 2;
+}
+
 /// Indexes into the per-CPU `STATS` array of counters.
 pub mod stat {
     /// A record was lost because the ring buffer was full.
@@ -84,11 +93,12 @@ pub mod stub {
     /// Carry on: no checkpoint here; to a registered process, you may run;
     /// to a checkpoint's waiting child, run now (re-open the file, return).
     pub const CMD_GO: u64 = 1;
-    /// Fork here: the process becomes a checkpoint. It forks one child at
-    /// once; children wait, registered, until forkmon tells one to run.
+    /// Fork here: the process becomes a checkpoint. Its first child runs at
+    /// once; the standbys it forks later wait, registered, until forkmon
+    /// tells one to run.
     pub const CMD_CHECKPOINT: u64 = 2;
-    /// To a checkpoint: fork one more child, to run as soon as it has
-    /// registered (a resume without a standby).
+    /// To a checkpoint: fork one more child, which runs at once (a resume
+    /// without a standby).
     pub const CMD_FORK: u64 = 3;
     /// To a checkpoint: fork one more waiting child, the standby that the
     /// next resume will wake, so a resume needs no fork. It prepares while
@@ -122,8 +132,10 @@ pub mod stub {
 
     /// A process registered (its eventfd is attached): the target at start.
     pub const MSG_HELLO: u32 = 1;
-    /// A checkpoint's new child registered (its eventfd is attached); it
-    /// waits for `CMD_GO`.
+    /// A checkpoint's new child registered (its eventfd is attached).
+    /// `status` 1: a standby, it waits for `CMD_GO`; 0: it runs already
+    /// (forked by `CMD_CHECKPOINT` or `CMD_FORK`, armed by the eBPF
+    /// program at the fork).
     pub const MSG_CHILD: u32 = 2;
     /// A checkpoint reaped one of its children; `status` is the raw wait
     /// status.
@@ -145,7 +157,8 @@ pub mod stub {
         pub checkpoint: i32,
         /// The fd the checkpoint was made at.
         pub fd: i32,
-        /// Wait status (`MSG_EXITED`) or errno (`MSG_FAILED`).
+        /// Wait status (`MSG_EXITED`), errno (`MSG_FAILED`), or whether the
+        /// child waits (`MSG_CHILD`).
         pub status: i32,
         pub _pad: i32,
     }

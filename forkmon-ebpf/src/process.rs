@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use forkmon_common::{ProcessRecord, record_kind, stat};
+use forkmon_common::{ProcessRecord, armed, record_kind, stat};
 
 use crate::maps::{ARMED, EVENTS, TRACKED, WAKE_UP, count, global, is_tracked};
 
@@ -64,6 +64,13 @@ fn try_newtask(ctx: &TracePointContext) -> Result<(), i64> {
     TRACKED
         .insert(child, 1, 0)
         .inspect_err(|_| count(stat::TRACKED_FULL))?;
+    // SAFETY: a plain u8, copied out.
+    if unsafe { ARMED.get(parent) }.copied() == Some(armed::ARM_NEXT_CHILD) {
+        // A checkpoint's child that goes on without waiting for forkmon:
+        // armed before it runs, so none of its opens is missed.
+        let _ = ARMED.insert(child, armed::ARMED, 0);
+        let _ = ARMED.insert(parent, armed::ARMED, 0);
+    }
     debug!(ctx, "following new process {} of {}", child, parent);
     emit(record_kind::FORK, child, parent);
     Ok(())

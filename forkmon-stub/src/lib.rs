@@ -7,9 +7,12 @@
 //! the process before the program runs. When the program opens a file that
 //! may match the filter, the eBPF program signals the thread on its way out
 //! of the syscall; the handler (RAX holds the new fd) asks forkmon for a
-//! verdict on its eventfd, and on "checkpoint" forks: the parent stays in
-//! the handler as the checkpoint, the child re-opens the file onto the same
-//! fd and returns to the program.
+//! verdict on its eventfd (polling for it first: it comes within a fraction
+//! of a millisecond), and on "checkpoint" forks: the parent stays in the
+//! handler as the checkpoint, the child registers, re-opens the file onto
+//! the same fd and returns to the program at once (the eBPF program armed
+//! it at the fork). Later children of the checkpoint are standbys: they
+//! fault in their pages, register and wait until forkmon tells one to run.
 //!
 //! Everything after the constructor runs in a signal handler, so it only
 //! makes raw, async-signal-safe calls: no allocation, no locks, no std I/O.
@@ -367,6 +370,7 @@ unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool)
             pid: libc::getpid(),
             checkpoint,
             fd,
+            status: standby as i32,
             ..Message::default()
         };
         if standby {
@@ -378,9 +382,11 @@ unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool)
         if register(&message).is_none() {
             libc::_exit(127);
         }
-        // A standby waits long; any other child runs as soon as forkmon
-        // has its registration.
-        wait_for_go(!standby);
+        // Any other child goes on at once: the eBPF program armed it at the
+        // fork, and forkmon answers its opens once it has its registration.
+        if standby {
+            wait_for_go();
+        }
         // Marked, so the eBPF program does not signal this open.
         let flags = file.status_flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
         let fresh = libc::open(
@@ -401,13 +407,9 @@ unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool)
 
 /// Waits until forkmon says "go". After a `CMD_SPIN` it polls rather than
 /// sleeps, for the time the command gives.
-unsafe fn wait_for_go(soon: bool) {
+unsafe fn wait_for_go() {
     // SAFETY (every read below): our own eventfd.
-    let mut value = if soon {
-        unsafe { answer_within(ANSWER_POLL_US) }
-    } else {
-        unsafe { wait_command() }
-    };
+    let mut value = unsafe { wait_command() };
     loop {
         let budget = spin_budget_us(value);
         if budget > 0 && value & CMD_MASK != CMD_GO {
@@ -420,9 +422,9 @@ unsafe fn wait_for_go(soon: bool) {
     }
 }
 
-/// How long a process forkmon is about to answer polls for the answer
-/// before it sleeps: forkmon answers within ~0.1 ms, and waking from a
-/// sleep on an idle CPU would add 50–100 µs to a checkpoint.
+/// How long a process stopped at a candidate open polls for forkmon's
+/// verdict before it sleeps: forkmon answers within ~0.2 ms, and waking
+/// from a sleep on an idle CPU would add 50–100 µs to a checkpoint.
 const ANSWER_POLL_US: u64 = 2000;
 
 /// The next command: polled for up to `budget_us` µs, then waited for.

@@ -11,7 +11,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 use aya_log::EbpfLogger;
-use forkmon_common::{PrefilterConfig, global, stat};
+use forkmon_common::{PrefilterConfig, armed, global, stat};
 use log::{debug, warn};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -173,7 +173,15 @@ impl Probes {
     /// is installed and it has registered.
     pub fn arm(&mut self, pid: u32) -> Result<(), LoadError> {
         self.armed
-            .insert(pid, 1, 0)
+            .insert(pid, armed::ARMED, 0)
+            .map_err(|e| LoadError::Map("ARMED", Box::new(e)))
+    }
+
+    /// Arms `pid`'s next child when it forks it (see
+    /// [`armed::ARM_NEXT_CHILD`]); `pid` stays armed.
+    pub fn arm_next_child(&mut self, pid: u32) -> Result<(), LoadError> {
+        self.armed
+            .insert(pid, armed::ARM_NEXT_CHILD, 0)
             .map_err(|e| LoadError::Map("ARMED", Box::new(e)))
     }
 

@@ -23,7 +23,10 @@ use forkmon_common::{
 };
 use log::{debug, warn};
 use nix::{
-    sys::wait::{WaitPidFlag, WaitStatus, waitpid},
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
     unistd::Pid,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -71,6 +74,9 @@ struct Checkpoint {
     /// No standby was ready when one was needed: the next child to
     /// register runs at once.
     run_next: bool,
+    /// The child being forked to run at once started before a change was
+    /// seen below this checkpoint: it runs stale content and must go.
+    pending_stale: bool,
     /// The program's scheduling policy, given back to each child that runs
     /// it (the checkpoint and its standbys wait at idle priority).
     policy: Policy,
@@ -87,6 +93,18 @@ struct Stopping {
     below: Option<GroupId>,
     /// The checkpoint's standby was told the resume is imminent.
     primed: bool,
+}
+
+/// How a checkpoint's child starts running the program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// It runs already (armed by the eBPF program at the fork).
+    Running,
+    /// It waits: give it the program's priority, arm it, tell it to go.
+    Go,
+    /// It waits, polling, with priority and arming given (see
+    /// [`Supervisor::prime_resume`]): tell it to go.
+    Primed,
 }
 
 /// A registered process: the only ones forkmon can talk to.
@@ -111,6 +129,9 @@ struct Supervisor {
     stopping: Option<Stopping>,
     /// `--no-standby`: a resume forks its child.
     no_standby: bool,
+    /// Candidate opens of processes not registered yet, answered when they
+    /// are.
+    unregistered: HashMap<i32, (Box<OpenRecord>, Option<PathBuf>)>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -191,6 +212,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         warned_threads: false,
         stopping: None,
         no_standby: args.no_standby,
+        unregistered: HashMap::new(),
     };
 
     let status = loop {
@@ -272,6 +294,7 @@ impl Supervisor {
                 record_kind::CHDIR => self.paths.on_chdir(process.pid),
                 record_kind::EXIT => {
                     self.paths.on_exit(process.pid);
+                    self.unregistered.remove(&(process.pid as i32));
                     self.on_exit(process.pid as i32);
                 }
                 _ => {}
@@ -290,7 +313,10 @@ impl Supervisor {
     fn on_candidate(&mut self, open: &OpenRecord, path: Option<PathBuf>) -> anyhow::Result<()> {
         let pid = open.tgid as i32;
         if !self.processes.contains_key(&pid) {
-            debug!("candidate open by unregistered pid {pid}");
+            // A checkpoint's child runs before forkmon has its registration
+            // (from another channel): answer once it has.
+            debug!("candidate open by {pid}, not registered yet");
+            self.unregistered.insert(pid, (Box::new(*open), path));
             return Ok(());
         }
         let checkpoint = match &path {
@@ -316,8 +342,11 @@ impl Supervisor {
             standby: None,
             forking: true,
             run_next: true,
+            pending_stale: false,
             policy: Policy::of(pid).unwrap_or(Policy::NORMAL),
         });
+        // Its child goes on at once: armed by the eBPF program at the fork.
+        self.probes.arm_next_child(pid as u32)?;
         send_command(&process.eventfd, CMD_CHECKPOINT)?;
         // While it forks (its child waits for "go" from this thread).
         self.watcher.watch_with_baseline(&path, opened)?;
@@ -376,12 +405,25 @@ impl Supervisor {
                 self.paths
                     .on_fork(message.pid as u32, message.checkpoint as u32);
                 self.processes.insert(message.pid, Process { eventfd });
+                let waits = message.status != 0;
                 let checkpoint = &mut self.chain[index];
                 checkpoint.forking = false;
+                if !waits && std::mem::take(&mut checkpoint.pending_stale) {
+                    // It started before the change: stop it, and fork anew
+                    // if it was to be the resume.
+                    let _ = kill(Pid::from_raw(message.pid), Signal::SIGKILL);
+                    self.processes.remove(&message.pid);
+                    self.unregistered.remove(&message.pid);
+                    return self.request_standby(index);
+                }
                 if std::mem::take(&mut checkpoint.run_next) {
-                    self.run_child(index, message.pid, false)?;
+                    let start = if waits { Start::Go } else { Start::Running };
+                    self.run_child(index, message.pid, start)?;
                 } else {
                     checkpoint.standby = Some(message.pid);
+                }
+                if let Some((open, path)) = self.unregistered.remove(&message.pid) {
+                    self.on_candidate(&open, path)?;
                 }
             }
             stub::MSG_EXITED => {
@@ -405,6 +447,8 @@ impl Supervisor {
                 let Some(index) = self.chain.iter().position(|c| c.pid == message.pid) else {
                     return Ok(());
                 };
+                // No child took the arming meant for it.
+                self.probes.arm(message.pid as u32)?;
                 let error = nix::errno::Errno::from_raw(message.status).desc();
                 if message.checkpoint != 0 {
                     // It runs on as the program, not as a checkpoint.
@@ -429,23 +473,23 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Lets checkpoint `index`'s registered child `pid` run the program,
-    /// then makes sure a standby is on its way for the next resume.
-    /// `primed`: it has its priority and is armed (see
-    /// [`prime_resume`](Self::prime_resume)).
+    /// Lets checkpoint `index`'s registered child `pid` run the program (or
+    /// takes note that it does), and moves it into its own cgroup.
     ///
     /// The child runs first and is moved into its own cgroup right after:
     /// moving a process between cgroups waits for an RCU grace period
     /// (~10 ms here), which must not delay the run. What it spawns
     /// meanwhile is swept along, found by ancestry.
-    fn run_child(&mut self, index: usize, pid: i32, primed: bool) -> anyhow::Result<()> {
+    fn run_child(&mut self, index: usize, pid: i32, start: Start) -> anyhow::Result<()> {
         let checkpoint = &self.chain[index];
-        if !primed {
+        if start == Start::Go {
             checkpoint.policy.give(pid);
             self.probes.arm(pid as u32)?;
         }
-        send_command(&self.processes[&pid].eventfd, CMD_GO)?;
-        if primed {
+        if start != Start::Running {
+            send_command(&self.processes[&pid].eventfd, CMD_GO)?;
+        }
+        if start == Start::Primed {
             // It polls, perhaps on this CPU (see `prime_resume`): let it go
             // before the bookkeeping below.
             std::thread::yield_now();
@@ -498,6 +542,9 @@ impl Supervisor {
         } else {
             CMD_FORK_STANDBY
         };
+        if command == CMD_FORK {
+            self.probes.arm_next_child(checkpoint.pid as u32)?;
+        }
         match self.processes.get(&checkpoint.pid) {
             Some(process) => send_command(&process.eventfd, command)?,
             None => warn!("checkpoint {} is gone", checkpoint.pid),
@@ -559,6 +606,10 @@ impl Supervisor {
             }
             None => previous.and_then(|p| p.running),
         };
+        let checkpoint = &mut self.chain[index];
+        // Its child running the program may not have registered yet (it is
+        // in the checkpoint's own cgroup until then).
+        checkpoint.pending_stale |= checkpoint.forking && checkpoint.run_next;
         let below = self.chain[index].child.take().map(|(child, group)| {
             self.processes.remove(&child);
             group
@@ -656,7 +707,14 @@ impl Supervisor {
         );
         let checkpoint = &mut self.chain[index];
         let result = match checkpoint.standby.take() {
-            Some(standby) => self.run_child(index, standby, stopping.primed),
+            Some(standby) => {
+                let start = if stopping.primed {
+                    Start::Primed
+                } else {
+                    Start::Go
+                };
+                self.run_child(index, standby, start)
+            }
             None => {
                 // Its fork is on the resume's path now.
                 checkpoint.policy.give(checkpoint.pid);
