@@ -67,6 +67,15 @@ fn build_stub(workspace: &Path) -> anyhow::Result<()> {
     ] {
         cmd.env_remove(key);
     }
+    // The stub is mapped into every process of the program's tree: keep it
+    // small (resident pages count in each checkpoint's memory). It never
+    // unwinds (a panic in a signal handler could not), so it needs no
+    // libgcc_s either.
+    cmd.env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("building the LD_PRELOAD stub failed: {status}");

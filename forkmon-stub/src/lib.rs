@@ -16,6 +16,11 @@
 //!
 //! Everything after the constructor runs in a signal handler, so it only
 //! makes raw, async-signal-safe calls: no allocation, no locks, no std I/O.
+// No std: it would bring its panic and unwinding machinery (and
+// libgcc_s) into every process of the program's tree. forkmon's build.rs
+// builds it with panic=abort; a plain workspace build (panic=unwind, for
+// clippy and tests) keeps std, which unwinding needs.
+#![cfg_attr(panic = "abort", no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use core::{
@@ -25,6 +30,15 @@ use core::{
 };
 
 mod prefault;
+
+/// A panic inside the target (in a signal handler, or a forked child) has
+/// nowhere to go: end the process, as an abort would.
+#[cfg(panic = "abort")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: abort takes no arguments and never returns.
+    unsafe { libc::abort() }
+}
 
 use forkmon_common::stub::{
     CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH, ENV_SOCKET, MSG_CHILD,

@@ -197,9 +197,19 @@ impl Bench {
 
     /// The fixture alone, no forkmon.
     fn direct(&self, dir: &Path, fixture: &str, args: &[String]) -> anyhow::Result<Running> {
+        self.direct_with(dir, fixture, args, false)
+    }
+
+    fn direct_with(
+        &self,
+        dir: &Path,
+        fixture: &str,
+        args: &[String],
+        stdin: bool,
+    ) -> anyhow::Result<Running> {
         let mut cmd = Command::new(self.bin.join(fixture));
         cmd.args(args).current_dir(dir);
-        Running::start(fixture.to_string(), cmd, false)
+        Running::start(fixture.to_string(), cmd, stdin)
     }
 
     /// Distinct contents, all of one length for one tag length (see
@@ -822,6 +832,10 @@ struct MemorySamples {
     resumed: Vec<Snapshot>,
     /// That resumed child.
     child: Vec<Memory>,
+    /// The program run without forkmon, in the state of `running`.
+    alone: Vec<Memory>,
+    /// The first child, while it runs (with `running`).
+    first_child: Vec<Memory>,
 }
 
 fn memory(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
@@ -834,7 +848,48 @@ fn memory(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
     for run in 0..b.plan.memory_runs {
         let measured = memory_once(b, &mut samples);
         s.attempt(format!("run {}", run + 1), measured);
+        let measured = memory_alone(b, &mut samples);
+        s.attempt(format!("run {} without forkmon", run + 1), measured);
     }
+    // PSS splits each shared page between the processes sharing it, so a
+    // checkpoint that shares 100 MB with its child shows 50 MB of PSS
+    // however little it adds. What it adds is the rise of the total: the
+    // PSS of checkpoint and child together, minus that of the program run
+    // alone in the same state.
+    let cost: Vec<f64> = samples
+        .running
+        .iter()
+        .zip(&samples.first_child)
+        .zip(&samples.alone)
+        .map(|((snapshot, child), alone)| {
+            (snapshot.checkpoint.pss + child.pss - alone.pss) / snapshot.checkpoint.page_tables
+        })
+        .collect();
+    s.row(
+        "the program alone (no forkmon): PSS",
+        "MiB",
+        &mib(&samples.alone, |m| m.pss),
+    );
+    s.row(
+        "checkpoint + its first child − the program alone: PSS",
+        "MiB",
+        &samples
+            .running
+            .iter()
+            .zip(&samples.first_child)
+            .zip(&samples.alone)
+            .map(|((snapshot, child), alone)| {
+                (snapshot.checkpoint.pss + child.pss - alone.pss) / 1024.0
+            })
+            .collect::<Vec<_>>(),
+    );
+    let cost = s.row("  the same, over the checkpoint's PageTables", "×", &cost);
+    s.goal(
+        "PSS a checkpoint adds ≤ its PageTables (its first child running, median)",
+        cost.map(|st| st.median),
+        1.0,
+        "× PageTables",
+    );
     let states = [
         ("its first child running", &samples.running),
         ("child exited (idle)", &samples.idle),
@@ -884,6 +939,23 @@ fn mib(mems: &[Memory], field: impl Fn(&Memory) -> f64) -> Vec<f64> {
     mems.iter().map(|m| field(m) / 1024.0).collect()
 }
 
+/// The resume fixture without forkmon, at the point where, under forkmon,
+/// its first child runs.
+fn memory_alone(b: &Bench, samples: &mut MemorySamples) -> anyhow::Result<()> {
+    let dir = tempdir()?;
+    fs::write(dir.path().join("data.txt"), "initial\n")?;
+    let args = [MEMORY_MB.to_string(), "--hold".into()];
+    let mut program = b.direct_with(dir.path(), "resume", &args, true)?;
+    let line = program.line(within(START_TIMEOUT), |l| l.ends_with(" content=initial"))?;
+    thread::sleep(TREE_SETTLE);
+    samples
+        .alone
+        .push(Memory::of(number(&line, "pid")? as i64)?);
+    program.send(b"x")?;
+    program.wait_exit(Duration::from_secs(10))?;
+    Ok(())
+}
+
 fn memory_once(b: &Bench, samples: &mut MemorySamples) -> anyhow::Result<()> {
     let dir = tempdir()?;
     let data = dir.path().join("data.txt");
@@ -897,6 +969,7 @@ fn memory_once(b: &Bench, samples: &mut MemorySamples) -> anyhow::Result<()> {
     samples
         .running
         .push(Snapshot::of(checkpoint, |pid| pid == child)?);
+    samples.first_child.push(Memory::of(child)?);
 
     // Let the child exit; its checkpoint reaps it.
     forkmon.send(b"x")?;
