@@ -104,6 +104,15 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long the watchdog waits for killed processes to disappear.
 const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the watchdog waits for forkmon to finish exiting before it
+/// cleans up.
+const FORKMON_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How long [`Session::end`] waits for the processes other than the
+/// program before it leaves them to the watchdog.
+const END_GRACE: Duration = Duration::from_millis(200);
+/// Up to how many cgroups (about two per checkpoint) [`Session::end`] kills
+/// the rest itself rather than leaving it to the watchdog.
+const END_HERE_GROUPS: usize = 64;
 
 /// How long a `rmdir` answering `EBUSY` is retried (it should not happen
 /// once `cgroup.events` says `populated 0`; this only absorbs races).
@@ -207,6 +216,8 @@ pub struct Session {
     next_id: u64,
     /// The session directory is removed.
     closed: bool,
+    /// [`Session::end`] left processes still exiting to the watchdog.
+    handed_over: bool,
     watchdog: Option<Watchdog>,
 }
 
@@ -297,6 +308,7 @@ impl Session {
             groups: HashMap::new(),
             next_id: 1,
             closed: false,
+            handed_over: false,
             watchdog: None,
         };
         session.groups.insert(
@@ -525,6 +537,40 @@ impl Session {
             .map_err(|e| CgroupError::io("cannot wait for", self.describe(group), e))
     }
 
+    /// Ends the session quickly: kills `program` (the group running the
+    /// program) and waits for it, so the program is gone; then kills
+    /// everything else and removes the directories if that is over within
+    /// [`END_GRACE`]. Otherwise, or with more than [`END_HERE_GROUPS`]
+    /// groups, the watchdog finishes the job once forkmon has exited:
+    /// thousands of frozen checkpoints take seconds to exit, which a Ctrl-C
+    /// should not wait for. Returns whether the session was removed here.
+    pub fn end(&mut self, program: Option<GroupId>) -> Result<bool, CgroupError> {
+        if self.closed {
+            return Ok(true);
+        }
+        if let Some(group) = program.filter(|g| self.groups.contains_key(g)) {
+            self.kill_now(group)?;
+            if !self.wait_empty(group, KILL_TIMEOUT)? {
+                log::warn!("the program is still exiting after SIGKILL");
+            }
+        }
+        // Killing thousands of processes in one cgroup.kill takes the writer
+        // a second (they start exiting and take both CPUs); the watchdog,
+        // woken as soon as forkmon is gone, does it instead.
+        let many = self.groups.len() > END_HERE_GROUPS;
+        if self.watchdog.is_none()
+            || !many && {
+                self.kill_now(ROOT)?;
+                self.wait_empty(ROOT, END_GRACE)?
+            }
+        {
+            self.kill_all()?;
+            return Ok(true);
+        }
+        self.handed_over = true;
+        Ok(false)
+    }
+
     /// Kill every process of the session and remove every directory,
     /// including the session's own. The session is unusable afterwards.
     pub fn kill_all(&mut self) -> Result<(), CgroupError> {
@@ -648,6 +694,11 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if self.handed_over {
+            // Closing the pipe wakes the watchdog, which finishes the job.
+            self.watchdog.take();
+            return;
+        }
         let cleaned = match self.kill_all() {
             Ok(()) => true,
             Err(e) => {
@@ -1088,6 +1139,9 @@ fn run_watchdog(pipe: BorrowedFd<'_>, session_dir: &Path, ino: u64) -> i32 {
         eprintln!("forkmon watchdog: stdin is not forkmon's pipe");
         return 2;
     }
+    // forkmon, to see it gone for good below.
+    // SAFETY: pidfd_open with a pid and no flags.
+    let forkmon = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getppid(), 0) } as i32;
     let mut buf = [0u8; 64];
     loop {
         match nix::unistd::read(pipe, &mut buf) {
@@ -1097,6 +1151,19 @@ fn run_watchdog(pipe: BorrowedFd<'_>, session_dir: &Path, ino: u64) -> i32 {
             // evil.
             Err(_) => break,
         }
+    }
+    if forkmon >= 0 && session_dir.exists() {
+        // Left to us (forkmon cleaned up otherwise). The pipe closes while
+        // forkmon is still exiting. Thousands of
+        // killed checkpoints, exiting, would take the CPUs from it for
+        // seconds: kill once it is gone (and its shell has the prompt).
+        let mut gone = libc::pollfd {
+            fd: forkmon,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own.
+        unsafe { libc::poll(&mut gone, 1, FORKMON_EXIT_WAIT.as_millis() as i32) };
     }
     match clean_up(session_dir, Some(ino), WATCHDOG_TIMEOUT) {
         Ok(()) => 0,
@@ -1136,13 +1203,25 @@ fn clean_up(session_dir: &Path, ino: Option<u64>, timeout: Duration) -> Result<(
     {
         return Ok(());
     }
-    let deadline = Instant::now() + timeout;
-    let emptied = match kill_and_wait(dir.as_fd(), deadline) {
-        Ok(emptied) => emptied,
-        // Removed meanwhile.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(CgroupError::io("cannot kill", path(), e)),
+    // Gives up only when processes stop exiting for `timeout`: the chain of
+    // a thousand checkpoints takes longer than that to exit in all.
+    let mut left = usize::MAX;
+    let emptied = loop {
+        let deadline = Instant::now() + timeout;
+        match kill_and_wait(dir.as_fd(), deadline) {
+            Ok(true) => break true,
+            Ok(false) => {}
+            // Removed meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(CgroupError::io("cannot kill", path(), e)),
+        }
+        let now_left = all_procs(dir.as_fd()).len();
+        if now_left >= left {
+            break false;
+        }
+        left = now_left;
     };
+    let deadline = Instant::now() + timeout;
     if !emptied {
         return Err(CgroupError::kill_timeout(
             path(),
@@ -1662,6 +1741,34 @@ mod tests {
         holder.wait().unwrap();
         wait_for("the cleanup", Duration::from_secs(10), || !path.exists());
         assert!(dead(pid));
+    }
+
+    #[test]
+    fn end_stops_the_program_and_leaves_a_big_session_to_the_watchdog() {
+        let Some(mut s) = session(test_watchdog) else {
+            return;
+        };
+        // Nested like a chain of checkpoints: the program runs innermost.
+        let outer = s.new_child(s.root()).unwrap();
+        let mut program = outer;
+        for _ in 0..END_HERE_GROUPS {
+            program = s.new_child(program).unwrap();
+        }
+        let mut running = spawn_in(&s, program, "exec sleep 100");
+        let mut frozen = spawn_in(&s, outer, "exec sleep 100");
+        wait_for("both to start", Duration::from_secs(5), || {
+            s.procs(program).unwrap().len() == 1 && s.procs(outer).unwrap().len() == 1
+        });
+        let path = s.path().to_owned();
+        assert!(!s.end(Some(program)).unwrap(), "left to the watchdog");
+        wait_for("the program to die", Duration::from_secs(1), || {
+            killed(&mut running)
+        });
+        assert!(alive(&mut frozen), "killed by the watchdog, not by end");
+        drop(s);
+        wait_for("the watchdog's clean-up", Duration::from_secs(10), || {
+            killed(&mut frozen) && !path.exists()
+        });
     }
 
     #[test]

@@ -244,12 +244,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             _ = sighup.recv() => break supervisor.exit_status(libc::SIGHUP),
         }
     };
-    match supervisor.session.kill_all() {
-        // Killed, only slow to exit: the watchdog removes the cgroups.
-        Err(CgroupError::KillTimeout { pids, .. }) => warn!("still exiting after SIGKILL: {pids}"),
-        result => result.context("cannot stop the program")?,
+    let program = supervisor.leaf.map(|(_, group)| group);
+    let ended_here = supervisor
+        .session
+        .end(program)
+        .context("cannot stop the program")?;
+    if !ended_here {
+        debug!("frozen checkpoints still exiting: left to the watchdog");
     }
     reap_orphans(supervisor.session.watchdog_pid());
+    // Detach the eBPF programs before the watchdog kills what is left:
+    // detaching waits for RCU grace periods, which thousands of exiting
+    // processes stretch to seconds. Dropping the session then wakes the
+    // watchdog, if it has work.
+    let Supervisor {
+        probes, session, ..
+    } = supervisor;
+    drop(probes);
+    if !ended_here {
+        // What the watchdog kills from now on is not ours to reap: without
+        // this, each of thousands of exits would interrupt forkmon with a
+        // SIGCHLD, for seconds.
+        // SAFETY: prctl and signal with integer arguments; SIG_IGN runs no
+        // code of ours.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0);
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        }
+    }
+    drop(session);
     Ok(status)
 }
 
