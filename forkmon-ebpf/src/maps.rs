@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use forkmon_common::{MAX_TRACKED, PrefilterConfig, RING_BYTES};
+use forkmon_common::{MAX_TRACKED, PATH_MAX, PrefilterConfig, RING_BYTES};
 
 /// Processes (tgids) whose opens are reported. User space inserts the
 /// target; `task_newtask` adds its children, `sched_process_exit` removes
@@ -22,6 +22,11 @@ pub static ARMED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 pub static PREFILTER: Array<PrefilterConfig> = Array::with_max_entries(1, 0);
 
+/// Where an open's path is read when no record is to be sent unless it
+/// may match (`signalled_only`): one per CPU.
+#[map]
+pub static SCRATCH_PATH: PerCpuArray<[u8; PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Records for user space: `OpenRecord`s and `ProcessRecord`s.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -31,9 +36,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(forkmon_common::stat::COUNT, 0);
 
 /// Submit flag for the records user space must see at once. By default a
-/// submit wakes the reader only if it has read everything before; records
-/// discarded unread (`signalled_only`) keep it behind, so that test would
-/// never wake it.
+/// submit wakes the reader only if it has read everything before, which a
+/// record discarded unread can keep from being true.
 pub const WAKE_UP: u64 = aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64;
 
 pub fn is_tracked(tgid: u32) -> bool {

@@ -224,9 +224,9 @@ fn python_import_resumes() {
     );
 }
 
-/// forkmon is not woken for the opens it does not answer; their records
-/// are dropped in the kernel. Thousands of them must not fill the ring
-/// buffer and hide the open that matters.
+/// forkmon is not woken for the opens it does not answer (no record leaves
+/// the kernel for them). Thousands of them, more than the ring buffer
+/// holds, must not hide the open that matters.
 #[test]
 fn many_unmatched_opens_before_the_checkpoint() {
     if !bpf_available("many_unmatched_opens_before_the_checkpoint") {
