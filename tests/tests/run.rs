@@ -192,10 +192,18 @@ fn c_fopen_resumes() {
 
 /// An interpreter reading a module it watches: start-up is not rerun.
 fn interpreter_resumes(program: &[&str], module: &str, old: &str, new: &str) {
+    resumes_with(&[], program, module, old, new);
+}
+
+/// Runs `program` under forkmon with `options`, where it opens `module`
+/// (relative to its directory, which is made if needed) and prints
+/// `content=…`; saves the new content and checks that start-up ran once.
+fn resumes_with(options: &[&str], program: &[&str], module: &str, old: &str, new: &str) {
     let dir = scratch();
     let d = dir.path();
+    fs::create_dir_all(d.join(module).parent().unwrap()).unwrap();
     write(d, module, old);
-    let forkmon = Forkmon::start(d, &[], program);
+    let forkmon = Forkmon::start(d, options, program);
     forkmon.wait_stdout("content=one", 1);
     save_by_rename(&d.join(module), new);
     forkmon.wait_stdout("content=two", 1);
@@ -232,18 +240,17 @@ fn many_unmatched_opens_before_the_checkpoint() {
     if !bpf_available("many_unmatched_opens_before_the_checkpoint") {
         return;
     }
-    let dir = scratch();
-    let d = dir.path();
-    write(d, "mod.py", "VALUE = 'one'\n");
     // 20000 records of 4 KiB each would fill the 16 MiB ring 5 times over.
     let program = "import os\nprint('startup', flush=True)\n\
                    for _ in range(20000): os.close(os.open('/etc/hostname', os.O_RDONLY))\n\
                    import mod\nprint('content=' + mod.VALUE, flush=True)";
-    let forkmon = Forkmon::start(d, &["--filter", "*.py"], &["python3", "-c", program]);
-    forkmon.wait_stdout("content=one", 1);
-    save_by_rename(&d.join("mod.py"), "VALUE = 'two'\n");
-    forkmon.wait_stdout("content=two", 1);
-    assert_eq!(forkmon.stdout().matches("startup").count(), 1);
+    resumes_with(
+        &["--filter", "*.py"],
+        &["python3", "-c", program],
+        "mod.py",
+        "VALUE = 'one'\n",
+        "VALUE = 'two'\n",
+    );
 }
 
 /// forkmon knows the program's cwd without asking /proc at every open:
@@ -253,17 +260,15 @@ fn relative_opens_after_a_chdir_resolve_against_the_new_cwd() {
     if !bpf_available("relative_opens_after_a_chdir_resolve_against_the_new_cwd") {
         return;
     }
-    let dir = scratch();
-    let d = dir.path();
-    fs::create_dir(d.join("sub")).unwrap();
-    write(d, "sub/data.txt", "one\n");
     let program = "import os\nprint('startup', flush=True)\nos.chdir('sub')\n\
                    print('content=' + open('data.txt').read().strip(), flush=True)";
-    let forkmon = Forkmon::start(d, &["--filter", "*.txt"], &["python3", "-c", program]);
-    forkmon.wait_stdout("content=one", 1);
-    save_by_rename(&d.join("sub/data.txt"), "two\n");
-    forkmon.wait_stdout("content=two", 1);
-    assert_eq!(forkmon.stdout().matches("startup").count(), 1);
+    resumes_with(
+        &["--filter", "*.txt"],
+        &["python3", "-c", program],
+        "sub/data.txt",
+        "one\n",
+        "two\n",
+    );
 }
 
 #[test]
