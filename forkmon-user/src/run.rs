@@ -91,8 +91,10 @@ struct Stopping {
     /// The group holding everything below the checkpoint: the same, plus
     /// the later checkpoints and their standbys.
     below: Option<GroupId>,
-    /// The checkpoint's standby was told the resume is imminent.
+    /// [`Supervisor::prime_resume`] ran for this stop…
     primed: bool,
+    /// …and told this standby the resume is imminent.
+    spinning: Option<i32>,
 }
 
 /// How a checkpoint's child starts running the program.
@@ -654,6 +656,7 @@ impl Supervisor {
             running,
             below,
             primed: false,
+            spinning: None,
         });
         Ok(())
     }
@@ -686,6 +689,7 @@ impl Supervisor {
         self.probes.arm(standby as u32)?;
         let budget = (EVALUATION_LEAD + STANDBY_SPIN_MARGIN).as_micros() as u64;
         send_command(&process.eventfd, stub::spin_command(budget))?;
+        stopping.spinning = Some(standby);
         Ok(())
     }
 
@@ -706,10 +710,10 @@ impl Supervisor {
     /// run nothing, and thousands of them take long to exit.
     fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
         self.stop_below(index)?;
+        // Without a delay nothing was imminent: prime now, so that the
+        // standby wakes while the killed program exits.
+        self.prime_resume()?;
         let stopping = self.stopping.take().expect("stopped just above");
-        if !stopping.primed {
-            self.report.changed(&self.chain[index].file);
-        }
         let started = std::time::Instant::now();
         if let Some(group) = stopping.running {
             match self.session.wait_empty(group, KILL_TIMEOUT) {
@@ -731,7 +735,7 @@ impl Supervisor {
         let checkpoint = &mut self.chain[index];
         let result = match checkpoint.standby.take() {
             Some(standby) => {
-                let start = if stopping.primed {
+                let start = if stopping.spinning == Some(standby) {
                     Start::Primed
                 } else {
                     Start::Go
