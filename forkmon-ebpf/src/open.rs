@@ -120,24 +120,23 @@ struct OpenHow {
 
 fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
     let tgid = (pid_tgid >> 32) as u32;
-    // Tested first: only an open that may become a checkpoint is signalled.
-    let candidate = ret >= 0 && is_checkpointable(call.flags) && is_armed(tgid);
-    if signalled_only() {
-        // `forkmon run` reads only signalled opens: decide on a scratch copy
-        // of the path, so that the others cost no ring buffer record.
-        let Some(scratch) = SCRATCH_PATH.get_ptr_mut(0) else {
-            return;
-        };
-        // SAFETY: a per-CPU map value of PATH_MAX bytes; programs do not
-        // migrate while running.
-        let may_match = candidate
-            && unsafe {
-                let (len, state) = read_path(call.path, (*scratch).as_mut_ptr());
-                state == 0 && prefilter::may_match(&*scratch, len)
-            };
-        if !may_match {
-            return;
-        }
+    // The path goes to a per-CPU scratch buffer first: `forkmon run` reads
+    // only signalled opens, and the others then cost no ring buffer record.
+    let Some(scratch) = SCRATCH_PATH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU map value of PATH_MAX bytes; programs do not
+    // migrate while running.
+    let (path, (len, state)) =
+        unsafe { (&mut *scratch, read_path(call.path, (*scratch).as_mut_ptr())) };
+    // Only an open that may become a checkpoint is signalled.
+    let may_match = ret >= 0
+        && state == 0
+        && is_checkpointable(call.flags)
+        && is_armed(tgid)
+        && prefilter::may_match(path, len);
+    if !may_match && signalled_only() {
+        return;
     }
     let Some(mut entry) = EVENTS.reserve::<OpenRecord>(0) else {
         count(stat::RING_FULL);
@@ -159,24 +158,17 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
         (*record).dirfd = call.dirfd;
         (*record).signalled = 0;
         (*record).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        let (len, state) = read_path(call.path, (*record).path.as_mut_ptr());
+        (*record).path = *path;
         (*record).path_len = len;
         (*record).path_state = state;
         // Only a submitted record tells forkmon a stub is waiting, so the
         // signal is sent only once the record is certain to arrive.
-        candidate
-            && state == 0
-            && prefilter::may_match(&(*record).path, len)
-            && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
+        may_match && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
     };
     if signalled {
         // SAFETY: as above.
         unsafe { (*record).signalled = 1 };
         entry.submit(WAKE_UP);
-    } else if signalled_only() {
-        // The path changed between the two reads (another thread): nobody
-        // waits for this record.
-        entry.discard(0);
     } else {
         entry.submit(0);
     }
