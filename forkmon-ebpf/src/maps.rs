@@ -35,9 +35,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(forkmon_common::stat::COUNT, 0);
 
-/// Submit flag for the records user space must see at once. By default a
-/// submit wakes the reader only if it has read everything before, which a
-/// record discarded unread can keep from being true.
+/// Submit flag for the records user space must see at once (a stub waits,
+/// a process forked or exited): a wake-up whatever the reader's position,
+/// rather than the default guess that a reader behind is awake already.
 pub const WAKE_UP: u64 = aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64;
 
 pub fn is_tracked(tgid: u32) -> bool {
