@@ -344,9 +344,14 @@ impl Supervisor {
             self.unregistered.insert(pid, (Box::new(*open), path));
             return Ok(());
         }
-        let checkpoint = match &path {
-            Some(path) => self.should_checkpoint(pid, path),
-            None => false,
+        // The very file the program opened, while it waits: one stat says
+        // whether it is a regular file, and gives the identity the watch
+        // compares with, so a save between the open and the watch is still
+        // seen as a change.
+        let opened = fs::metadata(format!("/proc/{pid}/fd/{}", open.ret)).ok();
+        let checkpoint = match (&path, &opened) {
+            (Some(path), Some(meta)) if meta.is_file() => self.should_checkpoint(pid, path),
+            _ => false,
         };
         let process = &self.processes[&pid];
         if !checkpoint {
@@ -354,10 +359,7 @@ impl Supervisor {
             return Ok(());
         }
         let path = path.expect("checked above");
-        // The identity of the very file the program opened, taken while it
-        // waits: the watch below compares it with the file it finds, so a
-        // save between the open and the watch is still seen as a change.
-        let opened = Identity::of(Path::new(&format!("/proc/{pid}/fd/{}", open.ret))).ok();
+        let opened = opened.as_ref().map(Identity::from_metadata);
         let (_, group) = self.leaf.take().expect("only the leaf checkpoints");
         self.chain.push(Checkpoint {
             file: path.clone(),
@@ -383,7 +385,7 @@ impl Supervisor {
         if self.leaf.map(|(leaf, _)| leaf) != Some(pid) {
             return false;
         }
-        if !self.filter.matches(path) || !is_regular_file(path) {
+        if !self.filter.matches(path) {
             return false;
         }
         if self.chain.iter().any(|c| c.file == path) {
@@ -860,10 +862,6 @@ fn stat_field<T: std::str::FromStr>(pid: i32, field: usize) -> Option<T> {
         .nth(field.checked_sub(3)?)?
         .parse()
         .ok()
-}
-
-fn is_regular_file(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// The process's threads, from one `stat` of `/proc/PID/task` (on the

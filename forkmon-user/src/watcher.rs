@@ -198,14 +198,17 @@ pub struct Identity {
 impl Identity {
     /// Stats `path`, following symlinks. Never opens or writes the file.
     pub fn of(path: &Path) -> io::Result<Identity> {
-        let meta = fs::metadata(path)?;
-        Ok(Identity {
+        Ok(Identity::from_metadata(&fs::metadata(path)?))
+    }
+
+    pub fn from_metadata(meta: &fs::Metadata) -> Identity {
+        Identity {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
             ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-        })
+        }
     }
 
     /// Whether a write in the same timestamp tick as this identity's ctime
