@@ -271,6 +271,30 @@ fn relative_opens_after_a_chdir_resolve_against_the_new_cwd() {
     );
 }
 
+/// Only regular files become checkpoints: a FIFO that matches the filter is
+/// let through (re-opening it in a resumed child would not give the same
+/// data back).
+#[test]
+fn a_matching_fifo_is_not_a_checkpoint() {
+    if !bpf_available("a_matching_fifo_is_not_a_checkpoint") {
+        return;
+    }
+    let program = "import os\nos.mkfifo('pipe.txt')\n\
+                   os.close(os.open('pipe.txt', os.O_RDONLY | os.O_NONBLOCK))\n\
+                   print('startup', flush=True)\n\
+                   print('content=' + open('data.txt').read().strip(), flush=True)";
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "data.txt", "one\n");
+    let forkmon = Forkmon::start(d, &["--filter", "*.txt"], &["python3", "-c", program]);
+    forkmon.wait_stdout("content=one", 1);
+    save_by_rename(&d.join("data.txt"), "two\n");
+    forkmon.wait_stdout("content=two", 1);
+    let err = forkmon.stderr();
+    assert!(err.contains("data.txt'"), "data.txt is watched:\n{err}");
+    assert!(!err.contains("pipe.txt"), "the FIFO is no checkpoint:\n{err}");
+}
+
 #[test]
 fn perl_require_resumes() {
     if !bpf_available("perl_require_resumes") {
