@@ -292,7 +292,10 @@ fn a_matching_fifo_is_not_a_checkpoint() {
     forkmon.wait_stdout("content=two", 1);
     let err = forkmon.stderr();
     assert!(err.contains("data.txt'"), "data.txt is watched:\n{err}");
-    assert!(!err.contains("pipe.txt"), "the FIFO is no checkpoint:\n{err}");
+    assert!(
+        !err.contains("pipe.txt"),
+        "the FIFO is no checkpoint:\n{err}"
+    );
 }
 
 #[test]
