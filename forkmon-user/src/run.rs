@@ -375,7 +375,8 @@ impl Supervisor {
         // Its child goes on at once: armed by the eBPF program at the fork.
         self.probes.arm_next_child(pid as u32)?;
         send_command(&process.eventfd, CMD_CHECKPOINT)?;
-        // While it forks (its child waits for "go" from this thread).
+        // While it forks. Its child may read the file before the watch is
+        // in place: a save meanwhile still shows against `opened`.
         self.watcher.watch_with_baseline(&path, opened)?;
         self.report.watch(&path);
         Ok(())
