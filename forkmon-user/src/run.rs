@@ -747,6 +747,7 @@ impl Supervisor {
             }
             None => {
                 // Its fork is on the resume's path now.
+                debug!("no standby ready at checkpoint {index}: forking one");
                 checkpoint.policy.give(checkpoint.pid);
                 checkpoint.run_next = true;
                 self.request_standby(index)
