@@ -22,8 +22,8 @@ pub static ARMED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACKED, 0);
 #[map]
 pub static PREFILTER: Array<PrefilterConfig> = Array::with_max_entries(1, 0);
 
-/// Where an open's path is read when no record is to be sent unless it
-/// may match (`signalled_only`): one per CPU.
+/// Where an open's path is read for the prefilter, before any record is
+/// reserved (most opens need none under `signalled_only`): one per CPU.
 #[map]
 pub static SCRATCH_PATH: PerCpuArray<[u8; PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
 

@@ -120,8 +120,15 @@ struct OpenHow {
 
 fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
     let tgid = (pid_tgid >> 32) as u32;
-    // The path goes to a per-CPU scratch buffer first: `forkmon run` reads
-    // only signalled opens, and the others then cost no ring buffer record.
+    // Only an open that may become a checkpoint is signalled; the cheap
+    // tests come first.
+    let candidate = ret >= 0 && is_checkpointable(call.flags) && is_armed(tgid);
+    let report_all = !signalled_only();
+    if !candidate && !report_all {
+        return; // `forkmon run` reads only signalled opens
+    }
+    // The path goes to a per-CPU scratch buffer first: the others then cost
+    // no ring buffer record.
     let Some(scratch) = SCRATCH_PATH.get_ptr_mut(0) else {
         return;
     };
@@ -129,13 +136,8 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
     // migrate while running.
     let (path, (len, state)) =
         unsafe { (&mut *scratch, read_path(call.path, (*scratch).as_mut_ptr())) };
-    // Only an open that may become a checkpoint is signalled.
-    let may_match = ret >= 0
-        && state == 0
-        && is_checkpointable(call.flags)
-        && is_armed(tgid)
-        && prefilter::may_match(path, len);
-    if !may_match && signalled_only() {
+    let may_match = candidate && state == 0 && prefilter::may_match(path, len);
+    if !may_match && !report_all {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<OpenRecord>(0) else {

@@ -557,18 +557,19 @@ impl Session {
         // Killing thousands of processes in one cgroup.kill takes the writer
         // a second (they start exiting and take both CPUs); the watchdog,
         // woken as soon as forkmon is gone, does it instead.
-        let many = self.groups.len() > END_HERE_GROUPS;
-        if self.watchdog.is_none()
-            || !many && {
-                self.kill_now(ROOT)?;
-                self.wait_empty(ROOT, END_GRACE)?
+        if self.watchdog.is_some() {
+            if self.groups.len() > END_HERE_GROUPS {
+                self.handed_over = true;
+                return Ok(false);
             }
-        {
-            self.kill_all()?;
-            return Ok(true);
+            self.kill_now(ROOT)?;
+            if !self.wait_empty(ROOT, END_GRACE)? {
+                self.handed_over = true;
+                return Ok(false);
+            }
         }
-        self.handed_over = true;
-        Ok(false)
+        self.kill_all()?;
+        Ok(true)
     }
 
     /// Kill every process of the session and remove every directory,

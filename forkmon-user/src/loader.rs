@@ -16,11 +16,12 @@ use log::{debug, warn};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// BTF (raw) tracepoints: (program name in the object, tracepoint name).
-const BTF_TRACEPOINTS: &[(&str, &str)] = &[("sys_exit", "sys_exit")];
+/// The category of a BTF (raw) tracepoint in [`TRACEPOINTS`].
+const BTF: &str = "btf";
 
 /// (program name in the object, tracepoint category, tracepoint name)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_exit", BTF, "sys_exit"),
     ("task_newtask", "task", "task_newtask"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
@@ -105,32 +106,22 @@ impl Probes {
             }
         };
 
+        // The loader parsed it too, but keeps it to itself.
         let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Btf(Box::new(e)))?;
-        for &(program, name) in BTF_TRACEPOINTS {
-            let mut attach = || -> Result<(), aya::programs::ProgramError> {
-                let tp: &mut BtfTracePoint = ebpf
-                    .program_mut(program)
-                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-                    .try_into()?;
-                tp.load(name, &btf)?;
-                tp.attach()?;
-                Ok(())
-            };
-            attach().map_err(|source| LoadError::Attach {
-                category: "btf".into(),
-                name: name.into(),
-                source: Box::new(source),
-            })?;
-            debug!("attached btf/{name}");
-        }
         for &(program, category, name) in TRACEPOINTS {
             let mut attach = || -> Result<(), aya::programs::ProgramError> {
-                let tp: &mut TracePoint = ebpf
+                let program = ebpf
                     .program_mut(program)
-                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-                    .try_into()?;
-                tp.load()?;
-                tp.attach(category, name)?;
+                    .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?;
+                if category == BTF {
+                    let tp: &mut BtfTracePoint = program.try_into()?;
+                    tp.load(name, &btf)?;
+                    tp.attach()?;
+                } else {
+                    let tp: &mut TracePoint = program.try_into()?;
+                    tp.load()?;
+                    tp.attach(category, name)?;
+                }
                 Ok(())
             };
             attach().map_err(|source| LoadError::Attach {
