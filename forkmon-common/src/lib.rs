@@ -46,7 +46,10 @@ pub mod armed {
     /// The process's stub has registered: it may be signalled.
     pub const ARMED: u8 = 1;
     /// Armed, and so is the next process it forks (a checkpoint's child that
-    /// runs at once, armed before it can open anything); then `ARMED`.
+    /// runs at once, armed before it can open anything); then `ARMED`. Set
+    /// by the eBPF program when it signals an open (the stub may fork
+    /// before forkmon's verdict), by forkmon before `CMD_FORK`; forkmon
+    /// sets `ARMED` back when its verdict is no.
     pub const ARM_NEXT_CHILD: u8 = 2;
 }
 

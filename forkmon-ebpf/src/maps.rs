@@ -40,6 +40,9 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(forkmon_commo
 /// rather than the default guess that a reader behind is awake already.
 pub const WAKE_UP: u64 = aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64;
 
+/// Submit flag for records user space can read at its next wake-up.
+pub const NO_WAKE_UP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
+
 pub fn is_tracked(tgid: u32) -> bool {
     // SAFETY: the value is a plain u8 and only tested for presence.
     unsafe { TRACKED.get(tgid) }.is_some()

@@ -18,10 +18,12 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use forkmon_common::{OpenRecord, PATH_MAX, open_syscall, path_state, record_kind, stat, stub};
+use forkmon_common::{
+    OpenRecord, PATH_MAX, armed, open_syscall, path_state, record_kind, stat, stub,
+};
 
 use crate::{
-    maps::{EVENTS, SCRATCH_PATH, WAKE_UP, count, is_armed, is_tracked, signalled_only},
+    maps::{ARMED, EVENTS, SCRATCH_PATH, WAKE_UP, count, is_armed, is_tracked, signalled_only},
     prefilter, process,
 };
 
@@ -170,6 +172,10 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
     if signalled {
         // SAFETY: as above.
         unsafe { (*record).signalled = 1 };
+        // The stub may fork at once, before forkmon's verdict: that child
+        // is armed at the fork. forkmon takes this back if the verdict is
+        // no.
+        let _ = ARMED.insert(tgid, armed::ARM_NEXT_CHILD, 0);
         entry.submit(WAKE_UP);
     } else {
         entry.submit(0);

@@ -8,7 +8,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use forkmon_common::{ProcessRecord, armed, record_kind, stat};
 
-use crate::maps::{ARMED, EVENTS, TRACKED, WAKE_UP, count, global, is_tracked};
+use crate::maps::{
+    ARMED, EVENTS, NO_WAKE_UP, TRACKED, WAKE_UP, count, global, is_tracked, signalled_only,
+};
 
 // Field offsets, set by user space from tracefs format files before load.
 #[unsafe(no_mangle)]
@@ -94,6 +96,11 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 pub fn emit(kind: u32, pid: u32, ppid: u32) {
+    // `forkmon run` needs forks and cwd changes only to resolve the opens
+    // that follow them in the ring, which wake it: waking it now would put
+    // it on the CPU a checkpoint's fresh child is about to run on.
+    let lazy = (kind == record_kind::FORK || kind == record_kind::CHDIR) && signalled_only();
+    let flags = if lazy { NO_WAKE_UP } else { WAKE_UP };
     let record = ProcessRecord {
         kind,
         pid,
@@ -102,7 +109,7 @@ pub fn emit(kind: u32, pid: u32, ppid: u32) {
         ts_ns: now_ns(),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<ProcessRecord>(&record, WAKE_UP).is_err() {
+    if EVENTS.output::<ProcessRecord>(&record, flags).is_err() {
         count(stat::RING_FULL);
     }
 }

@@ -26,7 +26,7 @@
 use core::{
     mem::{size_of, zeroed},
     ptr,
-    sync::atomic::{AtomicBool, AtomicI32, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
 };
 
 mod prefault;
@@ -207,10 +207,33 @@ extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, context: *mut libc:
             return;
         };
         let saved_errno = *libc::__errno_location();
-        match answer_within(ANSWER_POLL_US) {
-            CMD_CHECKPOINT => checkpoint(fd),
-            CMD_GO => {}
-            _ => {}
+        let me = libc::getpid();
+        // Taken now, while the path still names the file just opened.
+        let file = capture(fd);
+        // The fork is the slow part of a checkpoint: start it while forkmon
+        // decides.
+        let early = match &file {
+            Some(_) if worth_forking_early(fd) => fork_early(me),
+            _ => Early::NotForked,
+        };
+        if let Early::Child = early {
+            // Released by its parent, the checkpoint: the program goes on
+            // here.
+            *libc::__errno_location() = saved_errno;
+            return;
+        }
+        let early = match early {
+            Early::Parent(child) => Some(child),
+            _ => None,
+        };
+        match (answer_within(ANSWER_POLL_US), file) {
+            (CMD_CHECKPOINT, Some(file)) => checkpoint(me, fd, &file, early),
+            (CMD_CHECKPOINT, None) => fail(me, fd, libc::EBADF, true),
+            _ => {
+                if let Some(child) = early {
+                    child.discard();
+                }
+            }
         }
         *libc::__errno_location() = saved_errno;
     }
@@ -276,18 +299,222 @@ fn write_decimal(out: &mut [u8], mut n: i32) {
     out[len] = 0;
 }
 
-/// Becomes a checkpoint: fork a child at once, then on each FORK command
-/// one more. Each child registers and waits until forkmon tells it to run
-/// (the first at once, the others when the file changes), so a resume costs
-/// no fork. Reaps its children and reports how they ended. Returns only in
-/// a child told to run (or on failure).
-unsafe fn checkpoint(fd: i32) {
+/// Files this process forked early at, and those of the checkpoints it
+/// descends from (a fork copies the list): forkmon checkpoints each file
+/// once, so a second early fork for one would be thrown away.
+struct Seen {
+    len: AtomicUsize,
+    files: [[AtomicU64; 2]; SEEN_MAX],
+}
+
+/// One page: a checkpoint's child that adds a file copies it once.
+const SEEN_MAX: usize = 255;
+
+static SEEN: Seen = Seen {
+    len: AtomicUsize::new(0),
+    files: [const { [AtomicU64::new(0), AtomicU64::new(0)] }; SEEN_MAX],
+};
+
+impl Seen {
+    fn contains(&self, dev: u64, ino: u64) -> bool {
+        let len = self.len.load(Ordering::Acquire).min(SEEN_MAX);
+        self.files[..len]
+            .iter()
+            .any(|f| f[0].load(Ordering::Relaxed) == dev && f[1].load(Ordering::Relaxed) == ino)
+    }
+
+    /// Only single-threaded processes add (see `worth_forking_early`).
+    /// When full, new files still fork early; repeated opens of them may
+    /// fork for nothing.
+    fn add(&self, dev: u64, ino: u64) {
+        let len = self.len.load(Ordering::Relaxed);
+        if len < SEEN_MAX {
+            self.files[len][0].store(dev, Ordering::Relaxed);
+            self.files[len][1].store(ino, Ordering::Relaxed);
+            self.len.store(len + 1, Ordering::Release);
+        }
+    }
+}
+
+/// Whether forkmon is likely to make a checkpoint of this open, so a fork
+/// before its verdict is likely kept: it checkpoints regular files, each
+/// once, of single-threaded processes (forking one with more threads
+/// keeps only this one).
+unsafe fn worth_forking_early(fd: i32) -> bool {
+    // SAFETY: fstat and stat into buffers we own.
+    unsafe {
+        let mut opened: libc::stat = zeroed();
+        if libc::fstat(fd, &mut opened) != 0 || opened.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return false;
+        }
+        let (dev, ino) = (opened.st_dev, opened.st_ino);
+        if SEEN.contains(dev, ino) {
+            return false;
+        }
+        // procfs gives a process's task directory 2 links plus one per
+        // thread.
+        let mut tasks: libc::stat = zeroed();
+        if libc::stat(c"/proc/self/task".as_ptr(), &mut tasks) != 0 || tasks.st_nlink != 3 {
+            return false;
+        }
+        SEEN.add(dev, ino);
+        true
+    }
+}
+
+enum Early {
+    NotForked,
+    /// In the child, once its parent released it.
+    Child,
+    Parent(EarlyChild),
+}
+
+/// A child forked before forkmon's verdict, waiting on a pipe to be
+/// released (the verdict is a checkpoint) or killed (it is not).
+struct EarlyChild {
+    pid: i32,
+    /// Its own command channel, created before the fork: its parent
+    /// registers it, so the child runs without a round trip to forkmon.
+    eventfd: i32,
+    /// The write end of the pipe it waits on.
+    release: i32,
+}
+
+/// Forks a child that waits until its parent releases it: then it runs the
+/// program, as a checkpoint's first child. Returns `Early::Child` only in
+/// a released child; a child not released exits.
+unsafe fn fork_early(me: i32) -> Early {
+    // SAFETY: raw syscalls on fds we create; the child only makes raw
+    // calls until it is released.
+    unsafe {
+        let eventfd = libc::eventfd(0, libc::EFD_CLOEXEC);
+        if eventfd < 0 {
+            return Early::NotForked;
+        }
+        let mut release = [-1i32; 2];
+        if libc::pipe2(release.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            libc::close(eventfd);
+            return Early::NotForked;
+        }
+        if FLUSH.load(Ordering::Relaxed) {
+            // See `checkpoint`: what is buffered now is written once.
+            libc::fflush(ptr::null_mut());
+        }
+        match _Fork() {
+            0 => {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != me {
+                    libc::_exit(127);
+                }
+                libc::close(release[1]);
+                let parents = EVENTFD.swap(eventfd, Ordering::Relaxed);
+                libc::close(parents);
+                if !wait_released(release[0]) {
+                    libc::_exit(0);
+                }
+                libc::close(release[0]);
+                Early::Child
+            }
+            child if child > 0 => {
+                libc::close(release[0]);
+                Early::Parent(EarlyChild {
+                    pid: child,
+                    eventfd,
+                    release: release[1],
+                })
+            }
+            _ => {
+                libc::close(release[0]);
+                libc::close(release[1]);
+                libc::close(eventfd);
+                Early::NotForked
+            }
+        }
+    }
+}
+
+/// In an early child: whether its parent released it (a byte) rather than
+/// gave it up (end of file). Polls first, as the parent does for the
+/// verdict.
+unsafe fn wait_released(release: i32) -> bool {
+    let deadline = monotonic_ns().saturating_add(ANSWER_POLL_US * 1000);
+    let mut ready = libc::pollfd {
+        fd: release,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll and read on our own pipe end.
+    unsafe {
+        while libc::poll(&mut ready, 1, 0) != 1 && monotonic_ns() < deadline {
+            libc::sched_yield();
+        }
+        let mut byte = 0u8;
+        loop {
+            match libc::read(release, (&mut byte as *mut u8).cast(), 1) {
+                1 => return true,
+                -1 if *libc::__errno_location() == libc::EINTR => continue,
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl EarlyChild {
+    /// Lets it run the program, and registers it with forkmon.
+    unsafe fn release(self, checkpoint: i32, fd: i32) {
+        let message = Message {
+            kind: MSG_CHILD,
+            pid: self.pid,
+            checkpoint,
+            fd,
+            status: 0,
+            ..Message::default()
+        };
+        // SAFETY: raw syscalls on our own fds.
+        unsafe {
+            libc::write(self.release, [1u8].as_ptr().cast(), 1);
+            libc::close(self.release);
+            send(&message, Some(self.eventfd));
+            libc::close(self.eventfd);
+        }
+    }
+
+    /// Not a checkpoint after all: kill it and reap it before the program
+    /// goes on, so the program never sees it in a `wait()`. Its SIGCHLD
+    /// still reaches the program, as a spurious one.
+    unsafe fn discard(self) {
+        // SAFETY: raw syscalls on our own child and fds.
+        unsafe {
+            libc::close(self.release);
+            libc::kill(self.pid, libc::SIGKILL);
+            let mut status = 0;
+            while libc::waitpid(self.pid, &mut status, 0) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::close(self.eventfd);
+        }
+    }
+}
+
+/// Becomes a checkpoint: releases the child forked early, or forks one,
+/// which runs the program; then on each FORK command one more. The later
+/// children register and wait until forkmon tells them to run (when the
+/// file changes), so a resume costs no fork. Reaps its children and
+/// reports how they ended. Returns only in a child told to run (or on
+/// failure).
+unsafe fn checkpoint(me: i32, fd: i32, file: &OpenFile, early: Option<EarlyChild>) {
     // SAFETY: all calls below are raw syscalls on our own fds and buffers.
     unsafe {
-        let me = libc::getpid();
-        let Some(file) = capture(fd) else {
-            fail(me, fd, libc::EBADF, true);
-            return;
+        let mut children = Children::new();
+        // What the next fork is for: None, the first child forked early.
+        let mut next_standby = match early {
+            Some(child) => {
+                let pid = child.pid;
+                child.release(me, fd);
+                children.add(pid);
+                None
+            }
+            None => Some(false),
         };
         // A checkpoint lives until forkmon kills it. Ctrl-C in the terminal
         // reaches the whole process group: let it stop the running program
@@ -305,29 +532,29 @@ unsafe fn checkpoint(fd: i32) {
             libc::sigaddset(&mut terminal_signals, signal);
         }
         libc::sigprocmask(libc::SIG_BLOCK, &terminal_signals, ptr::null_mut());
-        if FLUSH.load(Ordering::Relaxed) {
+        if next_standby.is_some() && FLUSH.load(Ordering::Relaxed) {
             // Not async-signal-safe in general, but the program is inside
             // open(), not inside stdio; opt-in and documented.
             libc::fflush(ptr::null_mut());
         }
-        let mut children = Children::new();
-        let mut standby = false;
         loop {
-            match fork_child(me, fd, &file, standby) {
-                Forked::Child => return,
-                Forked::Parent(child) => children.add(child),
-                Forked::Failed(errno) => {
-                    // Without any child, give up being a checkpoint: the
-                    // program goes on here.
-                    let give_up = children.is_empty();
-                    fail(me, fd, errno, give_up);
-                    if give_up {
-                        return;
+            if let Some(standby) = next_standby {
+                match fork_child(me, fd, file, standby) {
+                    Forked::Child => return,
+                    Forked::Parent(child) => children.add(child),
+                    Forked::Failed(errno) => {
+                        // Without any child, give up being a checkpoint:
+                        // the program goes on here.
+                        let give_up = children.is_empty();
+                        fail(me, fd, errno, give_up);
+                        if give_up {
+                            return;
+                        }
                     }
                 }
             }
             match children.wait_for_fork_command(me) {
-                Some(command) => standby = command == CMD_FORK_STANDBY,
+                Some(command) => next_standby = Some(command == CMD_FORK_STANDBY),
                 None => libc::_exit(0),
             }
         }

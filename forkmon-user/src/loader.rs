@@ -176,6 +176,21 @@ impl Probes {
             .map_err(|e| LoadError::Map("ARMED", Box::new(e)))
     }
 
+    /// Takes back [`armed::ARM_NEXT_CHILD`] from `pid` if it is still
+    /// armed, so the next process it forks is not; never arms a process
+    /// that is not.
+    pub fn keep_next_child_unarmed(&mut self, pid: u32) -> Result<(), LoadError> {
+        const BPF_EXIST: u64 = 2;
+        match self.armed.insert(pid, armed::ARMED, BPF_EXIST) {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            result => result.map_err(|e| LoadError::Map("ARMED", Box::new(e))),
+        }
+    }
+
     /// Which opens of armed processes are signalled.
     pub fn set_prefilter(&mut self, config: &PrefilterConfig) -> Result<(), LoadError> {
         self.prefilter

@@ -353,11 +353,15 @@ impl Supervisor {
             (Some(path), Some(meta)) if meta.is_file() => self.should_checkpoint(pid, path),
             _ => false,
         };
-        let process = &self.processes[&pid];
         if !checkpoint {
-            send_command(&process.eventfd, CMD_GO)?;
+            // The eBPF program armed its next child, in case the stub
+            // forked before this verdict; a child forked later is the
+            // program's own.
+            self.probes.keep_next_child_unarmed(pid as u32)?;
+            send_command(&self.processes[&pid].eventfd, CMD_GO)?;
             return Ok(());
         }
+        let process = &self.processes[&pid];
         let path = path.expect("checked above");
         let opened = opened.as_ref().map(Identity::from_metadata);
         let (_, group) = self.leaf.take().expect("only the leaf checkpoints");
@@ -372,8 +376,9 @@ impl Supervisor {
             pending_stale: false,
             policy: Policy::of(pid).unwrap_or(Policy::NORMAL),
         });
-        // Its child goes on at once: armed by the eBPF program at the fork.
-        self.probes.arm_next_child(pid as u32)?;
+        // Its child goes on at once: armed at the fork, as the eBPF program
+        // set when it signalled this open. The stub may have forked it
+        // already, before this verdict.
         send_command(&process.eventfd, CMD_CHECKPOINT)?;
         // While it forks. Its child may read the file before the watch is
         // in place: a save meanwhile still shows against `opened`.
