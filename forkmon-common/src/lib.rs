@@ -98,7 +98,8 @@ pub mod stub {
     pub const CMD_GO: u64 = 1;
     /// Fork here: the process becomes a checkpoint. Its first child runs at
     /// once; the standbys it forks later wait, registered, until forkmon
-    /// tells one to run.
+    /// tells one to run. Sent with the open's syscall (see
+    /// [`checkpoint_command`]), whose arguments the children re-open with.
     pub const CMD_CHECKPOINT: u64 = 2;
     /// To a checkpoint: fork one more child, which runs at once (a resume
     /// without a standby).
@@ -118,6 +119,17 @@ pub mod stub {
     /// `CMD_SPIN` for at most `budget_us` microseconds.
     pub const fn spin_command(budget_us: u64) -> u64 {
         CMD_SPIN | budget_us << 16
+    }
+
+    /// `CMD_CHECKPOINT` for an open made with `syscall` (an
+    /// [`open_syscall`](crate::open_syscall) value).
+    pub const fn checkpoint_command(syscall: u32) -> u64 {
+        CMD_CHECKPOINT | (syscall as u64) << 16
+    }
+
+    /// The syscall a `CMD_CHECKPOINT` value was sent for.
+    pub const fn checkpoint_syscall(value: u64) -> u32 {
+        (value >> 16) as u32
     }
 
     /// How long a `CMD_SPIN` value says to poll, in microseconds.

@@ -40,9 +40,11 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     unsafe { libc::abort() }
 }
 
+use forkmon_common::open_syscall;
 use forkmon_common::stub::{
     CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH, ENV_SOCKET, MSG_CHILD,
-    MSG_EXITED, MSG_FAILED, MSG_HELLO, Message, REOPEN_MARK, SIGNAL, spin_budget_us,
+    MSG_EXITED, MSG_FAILED, MSG_HELLO, Message, REOPEN_MARK, SIGNAL, checkpoint_syscall,
+    spin_budget_us,
 };
 
 /// The registration socket shared by the whole tree.
@@ -208,32 +210,29 @@ extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, context: *mut libc:
         };
         let saved_errno = *libc::__errno_location();
         let me = libc::getpid();
-        // Taken now, while the path still names the file just opened.
-        let file = capture(fd);
         // The fork is the slow part of a checkpoint: start it while forkmon
         // decides.
-        let early = match &file {
-            Some(_) if worth_forking_early(fd) => fork_early(me),
-            _ => Early::NotForked,
+        let early = if worth_forking_early(fd) {
+            fork_early(me)
+        } else {
+            Early::NotForked
         };
-        if let Early::Child = early {
-            // Released by its parent, the checkpoint: the program goes on
-            // here.
-            *libc::__errno_location() = saved_errno;
-            return;
-        }
         let early = match early {
-            Early::Parent(child) => Some(child),
-            _ => None,
-        };
-        match (answer_within(ANSWER_POLL_US), file) {
-            (CMD_CHECKPOINT, Some(file)) => checkpoint(me, fd, &file, early),
-            (CMD_CHECKPOINT, None) => fail(me, fd, libc::EBADF, true),
-            _ => {
-                if let Some(child) = early {
-                    child.discard();
-                }
+            Early::Child => {
+                // Released by its parent, the checkpoint: the program goes
+                // on here.
+                *libc::__errno_location() = saved_errno;
+                return;
             }
+            Early::Parent(child) => Some(child),
+            Early::NotForked => None,
+        };
+        let answer = answer_within(ANSWER_POLL_US);
+        if answer & CMD_MASK == CMD_CHECKPOINT {
+            let call = open_call(context.cast(), checkpoint_syscall(answer));
+            checkpoint(me, fd, &call, early);
+        } else if let Some(child) = early {
+            child.discard();
         }
         *libc::__errno_location() = saved_errno;
     }
@@ -241,62 +240,57 @@ extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, context: *mut libc:
 
 /// The fd the interrupted open returned: the syscall's return register.
 unsafe fn opened_fd(context: *const libc::ucontext_t) -> Option<i32> {
-    #[cfg(target_arch = "x86_64")]
     // SAFETY: context is the handler's ucontext.
     let ret = unsafe { (*context).uc_mcontext.gregs[libc::REG_RAX as usize] };
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: context is the handler's ucontext.
-    let ret = unsafe { (*context).uc_mcontext.regs[0] as i64 };
     i32::try_from(ret).ok().filter(|fd| *fd >= 0)
 }
 
-/// What the child needs to re-open the file on its own file description.
-struct OpenFile {
-    path: [u8; libc::PATH_MAX as usize + 1],
-    status_flags: i32,
-    cloexec: bool,
+/// The interrupted open's arguments: a checkpoint's child re-opens the
+/// file with them, as the program did (same directory fd, same cwd, same
+/// path string, all as they were at the checkpoint, which never returns).
+struct OpenCall {
+    dirfd: i32,
+    path: *const libc::c_char,
+    flags: i32,
+    mode: libc::mode_t,
 }
 
-unsafe fn capture(fd: i32) -> Option<OpenFile> {
-    let mut link = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
-    write_decimal(&mut link[14..], fd);
-    let mut file = OpenFile {
-        path: [0; libc::PATH_MAX as usize + 1],
-        status_flags: 0,
-        cloexec: false,
-    };
-    // SAFETY: plain syscalls into buffers we own; readlink leaves room for
-    // the NUL we keep at the end.
-    unsafe {
-        let len = libc::readlink(
-            link.as_ptr().cast(),
-            file.path.as_mut_ptr().cast(),
-            libc::PATH_MAX as usize,
-        );
-        if len <= 0 {
-            return None;
+/// Reads `syscall`'s arguments (an `open_syscall` value) back from the
+/// registers: a syscall leaves all but rax, rcx and r11 as they were.
+unsafe fn open_call(context: *const libc::ucontext_t, syscall: u32) -> OpenCall {
+    // SAFETY: context is the handler's ucontext.
+    let registers = unsafe { &(*context).uc_mcontext.gregs };
+    let argument = |register: i32| registers[register as usize] as u64;
+    let (first, second, third) = (
+        argument(libc::REG_RDI),
+        argument(libc::REG_RSI),
+        argument(libc::REG_RDX),
+    );
+    match syscall {
+        open_syscall::OPEN => OpenCall {
+            dirfd: libc::AT_FDCWD,
+            path: first as *const libc::c_char,
+            flags: second as i32,
+            mode: third as libc::mode_t,
+        },
+        open_syscall::OPENAT2 => {
+            // SAFETY: the kernel just read this `struct open_how` (flags,
+            // mode, resolve) for the open that succeeded.
+            let how = unsafe { ptr::read_unaligned(third as *const [u64; 2]) };
+            OpenCall {
+                dirfd: first as i32,
+                path: second as *const libc::c_char,
+                flags: how[0] as i32,
+                mode: how[1] as libc::mode_t,
+            }
         }
-        file.status_flags = libc::fcntl(fd, libc::F_GETFL);
-        file.cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+        _ => OpenCall {
+            dirfd: first as i32,
+            path: second as *const libc::c_char,
+            flags: third as i32,
+            mode: argument(libc::REG_R10) as libc::mode_t,
+        },
     }
-    Some(file)
-}
-
-fn write_decimal(out: &mut [u8], mut n: i32) {
-    let mut digits = [0u8; 11];
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for (i, d) in digits[..len].iter().rev().enumerate() {
-        out[i] = *d;
-    }
-    out[len] = 0;
 }
 
 /// Files this process forked early at, and those of the checkpoints it
@@ -437,7 +431,6 @@ unsafe fn fork_early(me: i32) -> Early {
 /// gave it up (end of file). Polls first, as the parent does for the
 /// verdict.
 unsafe fn wait_released(release: i32) -> bool {
-    let deadline = monotonic_ns().saturating_add(ANSWER_POLL_US * 1000);
     let mut ready = libc::pollfd {
         fd: release,
         events: libc::POLLIN,
@@ -445,8 +438,11 @@ unsafe fn wait_released(release: i32) -> bool {
     };
     // SAFETY: poll and read on our own pipe end.
     unsafe {
-        while libc::poll(&mut ready, 1, 0) != 1 && monotonic_ns() < deadline {
-            libc::sched_yield();
+        if libc::poll(&mut ready, 1, 0) != 1 {
+            let deadline = monotonic_ns().saturating_add(ANSWER_POLL_US * 1000);
+            while libc::poll(&mut ready, 1, 0) != 1 && monotonic_ns() < deadline {
+                libc::sched_yield();
+            }
         }
         let mut byte = 0u8;
         loop {
@@ -474,6 +470,9 @@ impl EarlyChild {
         unsafe {
             libc::write(self.release, [1u8].as_ptr().cast(), 1);
             libc::close(self.release);
+            // The child is often queued on this CPU: let it return to the
+            // program first. forkmon answers its opens once it has this.
+            libc::sched_yield();
             send(&message, Some(self.eventfd));
             libc::close(self.eventfd);
         }
@@ -502,7 +501,7 @@ impl EarlyChild {
 /// file changes), so a resume costs no fork. Reaps its children and
 /// reports how they ended. Returns only in a child told to run (or on
 /// failure).
-unsafe fn checkpoint(me: i32, fd: i32, file: &OpenFile, early: Option<EarlyChild>) {
+unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild>) {
     // SAFETY: all calls below are raw syscalls on our own fds and buffers.
     unsafe {
         let mut children = Children::new();
@@ -539,7 +538,7 @@ unsafe fn checkpoint(me: i32, fd: i32, file: &OpenFile, early: Option<EarlyChild
         }
         loop {
             if let Some(standby) = next_standby {
-                match fork_child(me, fd, file, standby) {
+                match fork_child(me, fd, call, standby) {
                     Forked::Child => return,
                     Forked::Parent(child) => children.add(child),
                     Forked::Failed(errno) => {
@@ -567,12 +566,12 @@ enum Forked {
     Failed(i32),
 }
 
-unsafe fn fork_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool) -> Forked {
+unsafe fn fork_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool) -> Forked {
     // SAFETY: _Fork is async-signal-safe; the child only makes raw calls.
     unsafe {
         match _Fork() {
             0 => {
-                become_child(checkpoint, fd, file, standby);
+                become_child(checkpoint, fd, call, standby);
                 Forked::Child
             }
             child if child > 0 => Forked::Parent(child),
@@ -599,7 +598,7 @@ unsafe fn fail(me: i32, fd: i32, errno: i32, gave_up: bool) {
 /// In a fresh child: die with the checkpoint, register, wait to be told to
 /// run, then re-open the file so this run has its own offset and sees the
 /// file as it is *now*.
-unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool) {
+unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool) {
     // SAFETY: raw syscalls on our fds and buffers.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -628,14 +627,18 @@ unsafe fn become_child(checkpoint: i32, fd: i32, file: &OpenFile, standby: bool)
         if standby {
             wait_for_go();
         }
-        // Marked, so the eBPF program does not signal this open.
-        let flags = file.status_flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
-        let fresh = libc::open(
-            file.path.as_ptr().cast(),
+        // Marked, so the eBPF program does not signal this open. (An
+        // `openat2` is re-opened as an `openat`: its resolve flags were
+        // checked at the first open.)
+        let flags = call.flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL);
+        let fresh = libc::openat(
+            call.dirfd,
+            call.path,
             flags | libc::O_CLOEXEC | REOPEN_MARK as i32,
+            call.mode,
         );
         if fresh >= 0 {
-            let dup_flags = if file.cloexec { libc::O_CLOEXEC } else { 0 };
+            let dup_flags = call.flags & libc::O_CLOEXEC;
             libc::dup3(fresh, fd, dup_flags);
             libc::close(fresh);
         } else {

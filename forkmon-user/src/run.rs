@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use forkmon_common::{
     OpenRecord, PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN,
     PREFILTER_SUFFIX_LEN, PrefilterConfig, Record, record_kind,
-    stub::{self, CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO},
+    stub::{self, CMD_FORK, CMD_FORK_STANDBY, CMD_GO},
 };
 use log::{debug, warn};
 use nix::{
@@ -379,7 +379,7 @@ impl Supervisor {
         // Its child goes on at once: armed at the fork, as the eBPF program
         // set when it signalled this open. The stub may have forked it
         // already, before this verdict.
-        send_command(&process.eventfd, CMD_CHECKPOINT)?;
+        send_command(&process.eventfd, stub::checkpoint_command(open.syscall))?;
         // While it forks. Its child may read the file before the watch is
         // in place: a save meanwhile still shows against `opened`.
         self.watcher.watch_with_baseline(&path, opened)?;

@@ -139,6 +139,27 @@ fn c_raw_syscall_openat_resumes() {
     }
 }
 
+/// A resumed child re-opens the file with the program's own arguments:
+/// each open syscall, and a directory fd the program closes right after.
+/// Saved by renaming over it, the new file is seen only through a re-open.
+#[test]
+fn every_open_syscall_resumes() {
+    if !bpf_available("every_open_syscall_resumes") {
+        return;
+    }
+    for how in ["sys_open", "openat2", "dirfd"] {
+        let dir = scratch();
+        let d = dir.path();
+        write(d, "data.txt", "one\n");
+        let forkmon = Forkmon::start(d, &[], &[fixture("watched").to_str().unwrap(), how]);
+        forkmon.wait_stdout("content=one", 1);
+        save_by_rename(&d.join("data.txt"), "two\n");
+        forkmon.wait_stdout("content=two", 1);
+        let out = forkmon.stdout();
+        assert_eq!(out.matches("startup").count(), 1, "{how}:\n{out}");
+    }
+}
+
 #[test]
 fn without_standby_a_resume_forks() {
     if bpf_available("without_standby_a_resume_forks") {

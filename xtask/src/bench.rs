@@ -350,7 +350,8 @@ fn ns_per_call(p: &mut Running) -> anyhow::Result<f64> {
 fn checkpoint_cost(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
     s.note(format!(
         "{} runs per size, a fresh forkmon each; open = open(\"data.txt\") timed in the \
-         program, checkpoint included; fork = a plain fork() of the same process",
+         program, checkpoint included; fork = the median of 5 plain fork()s of the same process \
+         just before",
         b.plan.checkpoint_runs
     ));
     for &mb in b.plan.sizes_mb {
@@ -361,7 +362,7 @@ fn checkpoint_cost(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
             open.push(o);
             anyhow::Ok(())
         });
-        s.row(format!("{mb} MB: plain fork()"), "µs", &fork);
+        s.row(format!("{mb} MB: plain fork(), median of 5"), "µs", &fork);
         s.row(format!("{mb} MB: open, checkpointed"), "µs", &open);
         let extra = s.row(
             format!("{mb} MB: open − fork"),
