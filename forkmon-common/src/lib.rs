@@ -177,6 +177,26 @@ pub mod stub {
         pub status: i32,
         pub _pad: i32,
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::open_syscall;
+
+        #[test]
+        fn a_checkpoint_command_says_which_open_to_repeat() {
+            for syscall in [
+                open_syscall::OPEN,
+                open_syscall::OPENAT,
+                open_syscall::OPENAT2,
+            ] {
+                let value = checkpoint_command(syscall);
+                assert_eq!(value & CMD_MASK, CMD_CHECKPOINT);
+                assert_eq!(checkpoint_syscall(value), syscall);
+                assert_eq!(spin_budget_us(value), 0, "not a spin command");
+            }
+        }
+    }
 }
 
 /// Limits of the kernel prefilter (see [`PrefilterConfig`]).

@@ -6,13 +6,15 @@
 //! inherited registration socket) and waits for "go", so forkmon has armed
 //! the process before the program runs. When the program opens a file that
 //! may match the filter, the eBPF program signals the thread on its way out
-//! of the syscall; the handler (RAX holds the new fd) asks forkmon for a
-//! verdict on its eventfd (polling for it first: it comes within a fraction
-//! of a millisecond), and on "checkpoint" forks: the parent stays in the
-//! handler as the checkpoint, the child registers, re-opens the file onto
-//! the same fd and returns to the program at once (the eBPF program armed
-//! it at the fork). Later children of the checkpoint are standbys: they
-//! fault in their pages, register and wait until forkmon tells one to run.
+//! of the syscall; the handler (RAX holds the new fd) forks at once if the
+//! open is likely to become a checkpoint, and polls its eventfd for
+//! forkmon's verdict (it comes within a fraction of a millisecond). On
+//! "checkpoint" the parent stays in the handler as the checkpoint and lets
+//! its child return to the program (forked then if it was not before); on
+//! "no" the child is killed. The eBPF program armed the child at the fork.
+//! Later children of the checkpoint are standbys: they fault in their
+//! pages, register and wait until forkmon tells one to run, then re-open
+//! the file with the program's own open arguments.
 //!
 //! Everything after the constructor runs in a signal handler, so it only
 //! makes raw, async-signal-safe calls: no allocation, no locks, no std I/O.
