@@ -618,7 +618,7 @@ unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool)
         if standby {
             // Before registering: forkmon may wake a registered standby at
             // once (a resume that came while it was being forked).
-            prefault::map_file_pages();
+            prefault::prefault_mappings();
             prefault::copy_stack_pages();
         }
         if register(&message).is_none() {

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_unpark(watcher::note_wake_up)
         .build()
     {
         Ok(runtime) => runtime,

@@ -25,6 +25,7 @@
 //!   `.await` in between, so dropping the future (e.g. in `tokio::select!`)
 //!   loses nothing.
 use std::{
+    cell::Cell,
     collections::HashMap,
     ffi::{OsStr, OsString},
     fs, io,
@@ -101,6 +102,33 @@ const AMBIGUOUS_WINDOW: Duration = Duration::from_millis(30);
 /// Read buffer: many events per read(2); at least one event with the
 /// longest name (16 + NAME_MAX + 1 bytes).
 const READ_BUFFER: usize = 8192;
+/// Events read at most this long after the runtime's wake-up are dated
+/// from that wake-up (see [`noticed_at`]); so an event that came while the
+/// runtime was busy is dated at most this much before it happened.
+const WAKE_UP_DATING: Duration = Duration::from_micros(250);
+
+thread_local! {
+    /// When this thread's runtime last woke from waiting for I/O or a timer.
+    static WOKE_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Records that the runtime's thread just woke up. `main` installs it as
+/// tokio's `on_thread_unpark` hook.
+pub fn note_wake_up() {
+    WOKE_AT.set(Some(Instant::now()));
+}
+
+/// When events read at `now` were noticed: at the runtime's wake-up that
+/// brought them, if that was at most [`WAKE_UP_DATING`] ago. After a
+/// wake-up from idle the runtime takes 30–50 µs (traced, this VM) before
+/// the watcher reads inotify; dated from the wake-up, the restart delay
+/// runs during that time instead of after it.
+fn noticed_at(now: Instant) -> Instant {
+    WOKE_AT
+        .get()
+        .filter(|woke| now.saturating_duration_since(*woke) <= WAKE_UP_DATING)
+        .unwrap_or(now)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -645,7 +673,7 @@ impl Watcher {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(source) => return Err(WatchError::Read { source }),
                 };
-            let now = Instant::now();
+            let now = noticed_at(Instant::now());
             for (wd, mask, name) in events {
                 self.handle_event(wd, mask, name.as_deref(), now);
             }
@@ -951,6 +979,21 @@ mod tests {
         if let Ok(batch) = tokio::time::timeout(Duration::from_millis(ms), w.changed()).await {
             panic!("unexpected report: {batch:?}");
         }
+    }
+
+    #[test]
+    fn events_are_dated_from_a_recent_wake_up_only() {
+        let now = Instant::now();
+        WOKE_AT.set(None);
+        assert_eq!(noticed_at(now), now, "no wake-up recorded");
+        let recent = now - WAKE_UP_DATING / 2;
+        WOKE_AT.set(Some(recent));
+        assert_eq!(noticed_at(now), recent);
+        let old = now - WAKE_UP_DATING * 2;
+        WOKE_AT.set(Some(old));
+        assert_eq!(noticed_at(now), now, "a wake-up long before the read");
+        note_wake_up();
+        assert!(noticed_at(Instant::now()) >= now);
     }
 
     fn setup(names: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
