@@ -433,19 +433,9 @@ unsafe fn fork_early(me: i32) -> Early {
 /// gave it up (end of file). Polls first, as the parent does for the
 /// verdict.
 unsafe fn wait_released(release: i32) -> bool {
-    let mut ready = libc::pollfd {
-        fd: release,
-        events: libc::POLLIN,
-        revents: 0,
-    };
     // SAFETY: poll and read on our own pipe end.
     unsafe {
-        if libc::poll(&mut ready, 1, 0) != 1 {
-            let deadline = monotonic_ns().saturating_add(ANSWER_POLL_US * 1000);
-            while libc::poll(&mut ready, 1, 0) != 1 && monotonic_ns() < deadline {
-                libc::sched_yield();
-            }
-        }
+        poll_readable(release, ANSWER_POLL_US);
         let mut byte = 0u8;
         loop {
             match libc::read(release, (&mut byte as *mut u8).cast(), 1) {
@@ -685,22 +675,36 @@ unsafe fn answer_within(budget_us: u64) -> u64 {
 /// Polls this process's eventfd for up to `budget_us` µs; returns the
 /// command read, or 0 if none came.
 unsafe fn poll_command(budget_us: u64) -> u64 {
+    // SAFETY: our own eventfd; once readable, the read does not block.
+    unsafe {
+        match poll_readable(EVENTFD.load(Ordering::Relaxed), budget_us) {
+            true => wait_command(),
+            false => 0,
+        }
+    }
+}
+
+/// Polls `fd` without sleeping until it is readable (or hung up) or
+/// `budget_us` µs have passed; returns whether it is. Yields between
+/// polls: forkmon may share this CPU, and must run as soon as it wants to.
+///
+/// # Safety
+/// `fd` is one of the stub's own.
+unsafe fn poll_readable(fd: i32, budget_us: u64) -> bool {
     let deadline = monotonic_ns().saturating_add(budget_us.saturating_mul(1000));
     let mut ready = libc::pollfd {
-        fd: EVENTFD.load(Ordering::Relaxed),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
     loop {
         // SAFETY: poll on one pollfd we own, without blocking.
         if unsafe { libc::poll(&mut ready, 1, 0) } == 1 {
-            // SAFETY: readable: the read does not block.
-            return unsafe { wait_command() };
+            return true;
         }
         if monotonic_ns() >= deadline {
-            return 0;
+            return false;
         }
-        // forkmon may share this CPU: let it run as soon as it wants to.
         // SAFETY: no arguments.
         unsafe { libc::sched_yield() };
     }

@@ -109,6 +109,15 @@ enum Start {
     Primed,
 }
 
+/// When a resume being prepared is due (see [`Supervisor::prime_resume`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Within the watcher's `EVALUATION_LEAD`.
+    Soon,
+    /// Right after the preparation.
+    Now,
+}
+
 /// A registered process: the only ones forkmon can talk to.
 struct Process {
     eventfd: OwnedFd,
@@ -489,6 +498,7 @@ impl Supervisor {
                     self.watcher.unwatch(&checkpoint.file);
                     self.forget_stop_from(index);
                     self.leaf = Some((checkpoint.pid, checkpoint.group));
+                    self.session.prepare(checkpoint.group);
                     self.report.warn(&format!(
                         "cannot checkpoint at '{}': {error}",
                         checkpoint.file.display()
@@ -542,6 +552,7 @@ impl Supervisor {
         debug!("moved {pid} into its cgroup in {:?}", started.elapsed());
         self.chain[index].child = Some((pid, group));
         self.leaf = Some((pid, group));
+        self.session.prepare(group);
         Ok(())
     }
 
@@ -605,7 +616,7 @@ impl Supervisor {
                 Some(index) => self.stop_below(index),
                 None => Ok(()),
             },
-            WatchEvent::Imminent => self.prime_resume(),
+            WatchEvent::Imminent => self.prime_resume(Due::Soon),
             WatchEvent::Changed(files) => {
                 let stopped = self.stopping.as_ref().map(|s| s.index);
                 match self.earliest_of(&files).into_iter().chain(stopped).min() {
@@ -675,7 +686,12 @@ impl Supervisor {
     /// run (the program's priority, the signal); say which file changed;
     /// and check whether what was killed is gone (the first look at a
     /// cgroup costs ~30 µs).
-    fn prime_resume(&mut self) -> anyhow::Result<()> {
+    ///
+    /// When the resume is due now and nothing killed is left to wait for,
+    /// the standby is not told to poll: "go" follows at once, and a polling
+    /// standby woken on this CPU would only take it from forkmon (~20 µs,
+    /// traced).
+    fn prime_resume(&mut self, due: Due) -> anyhow::Result<()> {
         let Some(stopping) = self.stopping.as_mut().filter(|s| !s.primed) else {
             return Ok(());
         };
@@ -686,6 +702,9 @@ impl Supervisor {
             if group.is_some_and(|g| self.session.wait_empty(g, Duration::ZERO).unwrap_or(false)) {
                 *group = None;
             }
+        }
+        if due == Due::Now && stopping.running.is_none() && stopping.below.is_none() {
+            return Ok(());
         }
         let Some(standby) = checkpoint.standby else {
             return Ok(());
@@ -720,7 +739,7 @@ impl Supervisor {
         self.stop_below(index)?;
         // Without a delay nothing was imminent: prime now, so that the
         // standby wakes while the killed program exits.
-        self.prime_resume()?;
+        self.prime_resume(Due::Now)?;
         let stopping = self.stopping.take().expect("stopped just above");
         let started = std::time::Instant::now();
         if let Some(group) = stopping.running {
