@@ -576,7 +576,9 @@ impl Session {
         let killed = node.dead || group == ROOT;
         let deadline = Instant::now() + timeout;
         match self.prepared(group) {
-            Some(prepared) => wait_events_empty(node.dir.as_fd(), &prepared.events, deadline, killed),
+            Some(prepared) => {
+                wait_events_empty(node.dir.as_fd(), &prepared.events, deadline, killed)
+            }
             None => wait_until_empty(node.dir.as_fd(), deadline, killed),
         }
         .map_err(|e| CgroupError::io("cannot wait for", self.describe(group), e))
