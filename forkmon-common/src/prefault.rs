@@ -6,7 +6,8 @@
 //! path that is timed (a resume, a checkpoint), the process can take the
 //! faults earlier, in one `madvise` per run of resident pages, which is
 //! much cheaper than one fault each. Only pages already resident are
-//! touched: nothing is read from disk, no untouched memory is allocated.
+//! touched: nothing is read from disk. Memory is allocated only for the
+//! private copies a caller asks for (`Populate::Write`).
 //!
 //! Async-signal-safe (raw syscalls only): the stub calls it in a forked
 //! child inside a signal handler.
@@ -25,6 +26,7 @@ pub struct Mapping<'a> {
     pub end: usize,
     pub readable: bool,
     pub writable: bool,
+    pub executable: bool,
     pub private: bool,
     /// Backed by a file (a non-zero inode).
     pub file: bool,
@@ -49,6 +51,7 @@ impl Mapping<'_> {
             end: hex(&range[dash + 1..])?,
             readable: perms[0] == b'r',
             writable: perms[1] == b'w',
+            executable: perms[2] == b'x',
             private: perms[3] == b'p',
             file: inode != b"0",
             path,
@@ -181,14 +184,14 @@ mod tests {
         let text = b"7f10a0000000-7f10a0028000 r-xp 00028000 fe:01 1835 /usr/lib/libc.so.6";
         let text = Mapping::parse(text).unwrap();
         assert_eq!((text.start, text.end), (0x7f10a0000000, 0x7f10a0028000));
-        assert!(text.readable && !text.writable && text.private && text.file);
+        assert!(text.readable && !text.writable && text.executable && text.private && text.file);
         assert_eq!(text.path, b"/usr/lib/libc.so.6");
         let vdso = b"7ffd1b5f0000-7ffd1b5f2000 r-xp 00000000 00:00 0                  [vdso]";
         let vdso = Mapping::parse(vdso).unwrap();
         assert!(!vdso.file && vdso.path == b"[vdso]");
         let ring = b"7f10a0200000-7f10a0300000 rw-s 00000000 00:0f 1042 anon_inode:bpf-map";
         let ring = Mapping::parse(ring).unwrap();
-        assert!(ring.writable && !ring.private);
+        assert!(ring.writable && !ring.executable && !ring.private);
         let anon = b"7f10a0200000-7f10a0300000 rw-p 00000000 00:00 0 ";
         assert!(!Mapping::parse(anon).unwrap().file);
         assert_eq!(Mapping::parse(b""), None);

@@ -677,9 +677,10 @@ unsafe fn answer_within(budget_us: u64) -> u64 {
 unsafe fn poll_command(budget_us: u64) -> u64 {
     // SAFETY: our own eventfd; once readable, the read does not block.
     unsafe {
-        match poll_readable(EVENTFD.load(Ordering::Relaxed), budget_us) {
-            true => wait_command(),
-            false => 0,
+        if poll_readable(EVENTFD.load(Ordering::Relaxed), budget_us) {
+            wait_command()
+        } else {
+            0
         }
     }
 }

@@ -9,9 +9,9 @@
 //! time while it waits, so it maps every page of its file mappings that is
 //! in the page cache (never reading from disk), which costs page tables
 //! only, and copies the few pages the program writes first: the stack
-//! pages its frames are on, and its small data mappings (the GOT that lazy
-//! binding writes, a library's `.data`). Those two copies were the last
-//! faults of a traced resume, ~20 µs together.
+//! pages its frames are on, and the small data segments of the program and
+//! its libraries (the GOT that lazy binding writes, `.data`). Those copies
+//! took the last two faults of a traced resume, ~20 µs together.
 use forkmon_common::prefault::{PAGE, Populate, for_each_mapping, populate_resident};
 
 /// How much of the stack above this function's frame is copied: the frames
@@ -35,35 +35,79 @@ pub unsafe fn copy_stack_pages() {
     }
 }
 
-/// A writable private file mapping at most this long is copied whole: the
-/// data segment of a program or library (`.got.plt`, `.data`), which the
-/// program writes as soon as it calls a function for the first time.
+/// A data segment at most this long is copied whole: the writable private
+/// mapping of an ELF object (`.got.plt`, `.data`), which the program writes
+/// as soon as it calls one of the object's functions for the first time.
 const SMALL_DATA: usize = 4 * PAGE;
 
 /// At most this much is copied that way per standby: each copy is memory
-/// the standby no longer shares with its checkpoint.
+/// the standby no longer shares with its checkpoint (a standby waits at
+/// every checkpoint).
 const DATA_BUDGET: usize = 16 * PAGE;
 
+/// Data segments considered in one pass, at most.
+const MAX_SEGMENTS: usize = 64;
+
 /// Maps the resident pages of this process's file mappings (and the vDSO),
-/// and copies those of its small data mappings (see [`SMALL_DATA`]). Best
-/// effort: any failure leaves the pages to be faulted in as usual.
+/// and copies its small data segments (see [`SMALL_DATA`]): the program's
+/// own first, then the libraries', from the highest address down: the
+/// dynamic loader, then the libraries it loaded first (libc). Best effort:
+/// any failure leaves the pages to be faulted in as usual.
+///
+/// Only mappings of a file that also has executable code are copied, so
+/// never a data file the program mapped private and writable: until
+/// written, such a mapping shows later changes to the file, and a copy
+/// would freeze it.
 ///
 /// # Safety
 /// Async-signal-safe (raw syscalls only).
 pub unsafe fn prefault_mappings() {
-    let mut budget = DATA_BUDGET;
+    // SAFETY: as above.
+    unsafe { prefault_within(DATA_BUDGET) }
+}
+
+/// [`prefault_mappings`], copying at most `budget` bytes of data segments.
+unsafe fn prefault_within(budget: usize) {
+    let mut segments = [(0usize, 0usize); MAX_SEGMENTS];
+    let mut found = 0;
+    // ELF objects map their code before their data: the path of the last
+    // executable mapping seen names the object a data segment belongs to.
+    let mut code_of = None;
     // SAFETY: async-signal-safe, and so is the closure.
     unsafe {
         for_each_mapping(|m| {
-            let len = m.end - m.start;
-            if m.file && m.writable && m.private && len <= SMALL_DATA.min(budget) {
-                budget -= len;
-                populate_resident(m.start, m.end, Populate::Write);
+            if m.file && m.executable {
+                code_of = Some(path_hash(m.path));
+            }
+            let is_data = m.file && m.writable && m.private && code_of == Some(path_hash(m.path));
+            if is_data && m.end - m.start <= SMALL_DATA && found < MAX_SEGMENTS {
+                segments[found] = (m.start, m.end);
+                found += 1;
             } else if m.readable && (m.file || m.path == b"[vdso]") {
                 populate_resident(m.start, m.end, Populate::Read);
             }
         })
     };
+    let (program, libraries) = segments[..found].split_at(found.min(1));
+    let mut budget = budget;
+    for &(start, end) in program.iter().chain(libraries.iter().rev()) {
+        let how = if end - start <= budget {
+            budget -= end - start;
+            Populate::Write
+        } else {
+            budget = 0;
+            Populate::Read
+        };
+        // SAFETY: a private writable mapping of our own.
+        unsafe { populate_resident(start, end, how) };
+    }
+}
+
+/// FNV-1a: tells paths apart without keeping a copy of them.
+fn path_hash(path: &[u8]) -> u64 {
+    path.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -92,59 +136,118 @@ mod tests {
         present(addr) && pagemap(addr) >> 61 & 1 == 0
     }
 
-    /// A fresh private mapping of `pages` pages of a cached, unlinked file.
-    fn map_cached_file(name: &str, pages: usize, prot: i32) -> *mut libc::c_void {
-        let path = std::env::temp_dir().join(format!("forkmon-{name}-{}", std::process::id()));
+    /// `prefault_*` acts on every mapping of the process: tests that check
+    /// pages before and after it must not run at the same time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    const RW: i32 = libc::PROT_READ | libc::PROT_WRITE;
+
+    /// A cached, unlinked file of `pages` pages, next to the test binary (a
+    /// filesystem that allows executable mappings, unlike some /tmp).
+    fn cached_file(name: &str, pages: usize) -> std::fs::File {
+        let dir = std::env::current_exe().unwrap();
+        let path = dir
+            .parent()
+            .unwrap()
+            .join(format!("forkmon-{name}-{}", std::process::id()));
         std::fs::write(&path, vec![7u8; pages * PAGE]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
+        file
+    }
+
+    /// Maps `pages` pages of `file` from page `offset`, private; at `at`
+    /// (replacing what is there) unless null.
+    fn map(
+        file: &std::fs::File,
+        at: *mut libc::c_void,
+        pages: usize,
+        offset: usize,
+        prot: i32,
+    ) -> usize {
         use std::os::fd::AsRawFd as _;
-        // SAFETY: a fresh private mapping of a file we own.
+        let fixed = if at.is_null() { 0 } else { libc::MAP_FIXED };
+        // SAFETY: a private mapping of a file we own, at an address we
+        // reserved (or anywhere).
         let addr = unsafe {
             libc::mmap(
-                std::ptr::null_mut(),
+                at,
                 pages * PAGE,
                 prot,
-                libc::MAP_PRIVATE,
+                libc::MAP_PRIVATE | fixed,
                 file.as_raw_fd(),
-                0,
+                (offset * PAGE) as i64,
             )
         };
-        assert_ne!(addr, libc::MAP_FAILED);
-        addr
+        assert_ne!(
+            addr,
+            libc::MAP_FAILED,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        addr as usize
+    }
+
+    /// An ELF object's layout: one page of code, then `data_pages` of data
+    /// (writable, private), from one file. Returns the data's address.
+    fn map_object(name: &str, data_pages: usize) -> usize {
+        let file = cached_file(name, 1 + data_pages);
+        let code = map(
+            &file,
+            std::ptr::null_mut(),
+            1 + data_pages,
+            0,
+            libc::PROT_READ,
+        );
+        map(
+            &file,
+            code as *mut _,
+            1,
+            0,
+            libc::PROT_READ | libc::PROT_EXEC,
+        );
+        map(&file, (code + PAGE) as *mut _, data_pages, 1, RW)
     }
 
     #[test]
     fn cached_pages_of_a_file_mapping_get_mapped() {
-        let addr = map_cached_file("mapped", 4, libc::PROT_READ);
-        let last = addr as usize + 3 * PAGE;
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let file = cached_file("mapped", 4);
+        let last = map(&file, std::ptr::null_mut(), 4, 0, libc::PROT_READ) + 3 * PAGE;
         // Written just now, so cached; never touched, so not mapped.
         assert!(!present(last));
         // SAFETY: raw syscalls only.
         unsafe { prefault_mappings() };
         assert!(present(last));
         assert!(!copied(last), "a read-only mapping must stay shared");
-        // SAFETY: the mapping made above.
-        unsafe { libc::munmap(addr, 4 * PAGE) };
     }
 
     #[test]
-    fn small_data_mappings_get_copied_and_big_ones_only_mapped() {
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let small = map_cached_file("small", 2, rw);
-        let big = map_cached_file("big", SMALL_DATA / PAGE + 1, rw);
-        let (small_last, big_last) = (small as usize + PAGE, big as usize + SMALL_DATA);
-        assert!(!present(small_last) && !present(big_last));
-        // SAFETY: raw syscalls only.
-        unsafe { prefault_mappings() };
-        // The budget is shared with the test binary's own data mappings,
-        // which come first in the address space.
-        assert!(copied(small_last), "a small data mapping must be copied");
-        assert!(present(big_last) && !copied(big_last));
-        // SAFETY: the mappings made above.
-        unsafe {
-            libc::munmap(small, 2 * PAGE);
-            libc::munmap(big, (SMALL_DATA / PAGE + 1) * PAGE);
+    fn small_data_segments_get_copied_and_nothing_else() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let small = map_object("small", 2) + PAGE;
+        let big = map_object("big", SMALL_DATA / PAGE + 1) + SMALL_DATA;
+        let data_file = cached_file("data", 2);
+        let plain = map(&data_file, std::ptr::null_mut(), 2, 0, RW) + PAGE;
+        for page in [small, big, plain] {
+            assert!(!present(page));
         }
+        // SAFETY: raw syscalls only.
+        unsafe { prefault_within(usize::MAX) };
+        assert!(copied(small), "a small data segment must be copied");
+        assert!(present(big) && !copied(big), "a big one only mapped");
+        assert!(
+            present(plain) && !copied(plain),
+            "a data file mapped writable must still show changes to the file"
+        );
+    }
+
+    #[test]
+    fn copies_stay_within_the_budget() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let data = map_object("budget", 1);
+        // SAFETY: raw syscalls only.
+        unsafe { prefault_within(0) };
+        assert!(present(data) && !copied(data));
     }
 }

@@ -685,7 +685,7 @@ impl Supervisor {
     /// it polls for "go" rather than sleeps, and give it what it needs to
     /// run (the program's priority, the signal); say which file changed;
     /// and check whether what was killed is gone (the first look at a
-    /// cgroup costs ~30 µs).
+    /// cgroup not prepared ahead costs ~30 µs).
     ///
     /// When the resume is due now and nothing killed is left to wait for,
     /// the standby is not told to poll: "go" follows at once, and a polling
