@@ -365,16 +365,20 @@ enum Early {
     Parent(EarlyChild),
 }
 
-/// A child forked before forkmon's verdict, waiting on a pipe to be
-/// released (the verdict is a checkpoint) or killed (it is not).
+/// A child forked before forkmon's verdict, waiting to be released (the
+/// verdict is a checkpoint) or killed (it is not).
 struct EarlyChild {
     pid: i32,
-    /// Its own command channel, created before the fork: its parent
-    /// registers it, so the child runs without a round trip to forkmon.
+    /// Its own command channel, created before the fork. It waits on it to
+    /// be released; then its parent registers it, so the child runs without
+    /// a round trip to forkmon.
     eventfd: i32,
-    /// The write end of the pipe it waits on.
-    release: i32,
 }
+
+/// What a parent writes to its early child's eventfd to release it. The
+/// child reads it before forkmon can send it anything: forkmon learns of
+/// the child only after the release.
+const RELEASED: u64 = 1;
 
 /// Forks a child that waits until its parent releases it: then it runs the
 /// program, as a checkpoint's first child. Returns `Early::Child` only in
@@ -387,11 +391,6 @@ unsafe fn fork_early(me: i32) -> Early {
         if eventfd < 0 {
             return Early::NotForked;
         }
-        let mut release = [-1i32; 2];
-        if libc::pipe2(release.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            libc::close(eventfd);
-            return Early::NotForked;
-        }
         if FLUSH.load(Ordering::Relaxed) {
             // See `checkpoint`: what is buffered now is written once.
             libc::fflush(ptr::null_mut());
@@ -402,26 +401,18 @@ unsafe fn fork_early(me: i32) -> Early {
                 if libc::getppid() != me {
                     libc::_exit(127);
                 }
-                libc::close(release[1]);
                 let parents = EVENTFD.swap(eventfd, Ordering::Relaxed);
                 libc::close(parents);
-                if !wait_released(release[0]) {
+                if !wait_released() {
                     libc::_exit(0);
                 }
-                libc::close(release[0]);
                 Early::Child
             }
-            child if child > 0 => {
-                libc::close(release[0]);
-                Early::Parent(EarlyChild {
-                    pid: child,
-                    eventfd,
-                    release: release[1],
-                })
-            }
+            child if child > 0 => Early::Parent(EarlyChild {
+                pid: child,
+                eventfd,
+            }),
             _ => {
-                libc::close(release[0]);
-                libc::close(release[1]);
                 libc::close(eventfd);
                 Early::NotForked
             }
@@ -429,21 +420,14 @@ unsafe fn fork_early(me: i32) -> Early {
     }
 }
 
-/// In an early child: whether its parent released it (a byte) rather than
-/// gave it up (end of file). Polls first, as the parent does for the
-/// verdict.
-unsafe fn wait_released(release: i32) -> bool {
-    // SAFETY: poll and read on our own pipe end.
+/// In an early child: waits until its parent releases it, polling first,
+/// as the parent does for the verdict. A parent that gives it up kills it
+/// instead. False if the eventfd failed.
+unsafe fn wait_released() -> bool {
+    // SAFETY: reads our own eventfd (blocking if it is not readable yet).
     unsafe {
-        poll_readable(release, ANSWER_POLL_US);
-        let mut byte = 0u8;
-        loop {
-            match libc::read(release, (&mut byte as *mut u8).cast(), 1) {
-                1 => return true,
-                -1 if *libc::__errno_location() == libc::EINTR => continue,
-                _ => return false,
-            }
-        }
+        poll_readable(EVENTFD.load(Ordering::Relaxed), ANSWER_POLL_US);
+        wait_command() == RELEASED
     }
 }
 
@@ -460,8 +444,7 @@ impl EarlyChild {
         };
         // SAFETY: raw syscalls on our own fds.
         unsafe {
-            libc::write(self.release, [1u8].as_ptr().cast(), 1);
-            libc::close(self.release);
+            libc::write(self.eventfd, (&RELEASED as *const u64).cast(), 8);
             // The child is often queued on this CPU: let it return to the
             // program first. forkmon answers its opens once it has this.
             libc::sched_yield();
@@ -476,7 +459,6 @@ impl EarlyChild {
     unsafe fn discard(self) {
         // SAFETY: raw syscalls on our own child and fds.
         unsafe {
-            libc::close(self.release);
             libc::kill(self.pid, libc::SIGKILL);
             let mut status = 0;
             while libc::waitpid(self.pid, &mut status, 0) < 0

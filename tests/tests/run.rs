@@ -274,6 +274,46 @@ fn many_unmatched_opens_before_the_checkpoint() {
     );
 }
 
+/// An open the kernel signals but forkmon turns down (an excluded file the
+/// prefilter cannot tell apart) is forked at early by the stub, which then
+/// kills and reaps that child: the program goes on with no child of its
+/// own, and the real checkpoint after it still resumes.
+#[test]
+fn a_turned_down_candidate_leaves_the_program_no_child() {
+    if !bpf_available("a_turned_down_candidate_leaves_the_program_no_child") {
+        return;
+    }
+    let program = "import os\nprint('startup', flush=True)\n\
+                   open('decoy.txt').read()\n\
+                   try:\n    os.waitpid(-1, os.WNOHANG)\n    print('a child', flush=True)\n\
+                   except ChildProcessError:\n    print('no child', flush=True)\n\
+                   print('content=' + open('data.txt').read().strip(), flush=True)";
+    let dir = scratch();
+    let d = dir.path();
+    write(d, "decoy.txt", "decoy\n");
+    write(d, "data.txt", "one\n");
+    let forkmon = Forkmon::start(
+        d,
+        &["--filter", "*.txt", "--filter", "!decoy.txt"],
+        &["python3", "-c", program],
+    );
+    forkmon.wait_stdout("content=one", 1);
+    save_by_rename(&d.join("data.txt"), "two\n");
+    forkmon.wait_stdout("content=two", 1);
+    let out = forkmon.stdout();
+    assert_eq!(out.matches("no child").count(), 1, "{out}");
+    assert_eq!(
+        out.matches("startup").count(),
+        1,
+        "start-up ran again:\n{out}"
+    );
+    let err = forkmon.stderr();
+    assert!(
+        !err.contains("decoy.txt'"),
+        "the decoy became a checkpoint:\n{err}"
+    );
+}
+
 /// forkmon knows the program's cwd without asking /proc at every open:
 /// after a chdir it must ask again.
 #[test]
