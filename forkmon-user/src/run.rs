@@ -531,8 +531,6 @@ impl Supervisor {
         }
         if start != Start::Running {
             send_command(&self.processes[&pid].eventfd, CMD_GO)?;
-        }
-        if start != Start::Running {
             // Woken or polling, perhaps on this CPU (see `prime_resume`):
             // let it go before the bookkeeping below.
             std::thread::yield_now();
