@@ -50,7 +50,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Print one JSON object per open instead of a table.
-    #[arg(long, env = "FORKMON_JSON")]
+    #[arg(long, env = "FORKMON_JSON", value_parser = set_means_on, default_value = OFF)]
     pub json: bool,
 
     /// Write the trace to FILE instead of standard error (the program keeps
@@ -77,11 +77,12 @@ pub struct RunArgs {
     pub lua_filter: Option<String>,
 
     /// Print nothing of forkmon's own.
-    #[arg(short, long, env = "FORKMON_QUIET")]
+    #[arg(short, long, env = "FORKMON_QUIET", value_parser = set_means_on, default_value = OFF)]
     pub quiet: bool,
 
-    /// No colors (also NO_COLOR; colors are only used on a terminal).
-    #[arg(long, env = "FORKMON_NO_COLORS")]
+    /// No colors (also NO_COLOR when not empty; colors are only used on a
+    /// terminal).
+    #[arg(long, env = "FORKMON_NO_COLORS", value_parser = set_means_on, default_value = OFF)]
     pub no_color: bool,
 
     /// Milliseconds to wait after a change before resuming, so the editor
@@ -109,17 +110,37 @@ pub struct RunArgs {
     /// Flush the program's C stdio buffers at each checkpoint (and run
     /// Python unbuffered), so output written before a checkpoint is not
     /// printed again by every resumed run.
-    #[arg(long, env = "FORKMON_FLUSH")]
+    #[arg(long, env = "FORKMON_FLUSH", value_parser = set_means_on, default_value = OFF)]
     pub flush: bool,
 
     /// Do not keep a forked child waiting at each checkpoint while the
     /// program is idle: half the processes, but each resume forks (a few
     /// hundred microseconds more, growing with the program's memory).
-    #[arg(long, env = "FORKMON_NO_STANDBY")]
+    #[arg(long, env = "FORKMON_NO_STANDBY", value_parser = set_means_on, default_value = OFF)]
     pub no_standby: bool,
 
     #[command(flatten)]
     pub program: ProgramArgs,
+}
+
+/// How the C forkmon reads its switches (`FORKMON_QUIET`, …): set means
+/// on, whatever the value, an empty one included. So `FORKMON_QUIET=1`,
+/// `=yes` and `=0` all turn it on, as users' aliases and scripts expect.
+///
+/// The flag itself takes no value on the command line; this parser sees
+/// the environment's value, and clap's default when neither is given:
+/// [`OFF`], which no environment variable can hold.
+fn set_means_on(value: &str) -> Result<bool, std::convert::Infallible> {
+    Ok(value != OFF)
+}
+
+/// The default of an "if set" switch: a NUL, which cannot occur in an
+/// environment variable's value.
+const OFF: &str = "\0";
+
+/// Whether `NO_COLOR` asks for no colors: set and not empty (no-color.org).
+pub fn no_color_env() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
 }
 
 /// The subcommand used when none is named: `forkmon -- PROGRAM`.
@@ -193,6 +214,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--ignore-delay"), "{err}");
+    }
+
+    #[test]
+    fn if_set_switches_are_off_unless_given() {
+        let run = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        };
+        // (The test environment sets none of their variables.)
+        let off = run(&["forkmon", "run", "--", "x"]);
+        assert!(!off.quiet && !off.no_color && !off.flush && !off.no_standby);
+        let on = run(&[
+            "forkmon",
+            "run",
+            "-q",
+            "--no-color",
+            "--flush",
+            "--no-standby",
+            "--",
+            "x",
+        ]);
+        assert!(on.quiet && on.no_color && on.flush && on.no_standby);
+        // What an environment variable can hold, an empty value included.
+        for value in ["1", "", "0", "yes", "false"] {
+            assert_eq!(set_means_on(value), Ok(true), "{value:?}");
+        }
     }
 
     #[test]
