@@ -16,10 +16,22 @@ use nix::{
 };
 use tokio::io::unix::AsyncFd;
 
-/// One message from a stub, with the eventfd it sent along, if any.
+/// One message from a stub, with the eventfd it sent along, if any, and
+/// who sent it as the kernel says (the message itself only claims).
 pub struct Registration {
     pub message: Message,
     pub eventfd: Option<OwnedFd>,
+    /// `None` only if the kernel attached no credentials, which
+    /// `SO_PASSCRED` rules out: such a message is not trusted.
+    pub sender: Option<Sender>,
+}
+
+/// The sending process, from the kernel's `SCM_CREDENTIALS`: a process
+/// without `CAP_SYS_ADMIN`/`CAP_SETUID` cannot claim another pid or uid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    pub pid: i32,
+    pub uid: u32,
 }
 
 pub struct Registrations {
@@ -38,6 +50,9 @@ impl Registrations {
             None,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         )?;
+        // Every message then carries its sender's pid and uid, vouched for
+        // by the kernel.
+        nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)?;
         // The target's end must block: the stub waits in sendmsg, not spins.
         nix::fcntl::fcntl(
             &theirs,
@@ -98,7 +113,7 @@ fn receive(fd: RawFd) -> io::Result<Received> {
         )
     };
     let mut iov = [IoSliceMut::new(bytes)];
-    let mut control = nix::cmsg_space!([RawFd; 1]);
+    let mut control = nix::cmsg_space!([RawFd; 1], libc::ucred);
     let received = match recvmsg::<()>(
         fd,
         &mut iov,
@@ -110,13 +125,24 @@ fn receive(fd: RawFd) -> io::Result<Received> {
         Err(e) => return Err(e.into()),
     };
     let mut eventfd = None;
+    let mut sender = None;
     for cmsg in received.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: SCM_RIGHTS hands us new fds that nothing else owns.
-                let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                eventfd.get_or_insert(owned);
+        match cmsg {
+            ControlMessageOwned::ScmRights(fds) => {
+                for fd in fds {
+                    // SAFETY: SCM_RIGHTS hands us new fds that nothing else
+                    // owns.
+                    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                    eventfd.get_or_insert(owned);
+                }
             }
+            ControlMessageOwned::ScmCredentials(credentials) => {
+                sender = Some(Sender {
+                    pid: credentials.pid(),
+                    uid: credentials.uid(),
+                });
+            }
+            _ => {}
         }
     }
     if received.bytes == 0 && eventfd.is_none() {
@@ -126,11 +152,212 @@ fn receive(fd: RawFd) -> io::Result<Received> {
         log::warn!("ignoring a stub message of {} bytes", received.bytes);
         return Ok(Received::Nothing);
     }
-    Ok(Received::Message(Registration { message, eventfd }))
+    Ok(Received::Message(Registration {
+        message,
+        eventfd,
+        sender,
+    }))
 }
 
 /// Writes one command to a process's eventfd.
 pub fn send_command(eventfd: &OwnedFd, command: u64) -> io::Result<()> {
     nix::unistd::write(eventfd, &command.to_ne_bytes())?;
     Ok(())
+}
+
+/// Why a stub message was not believed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Distrust {
+    #[error("a stub message came without its sender's credentials")]
+    NoCredentials,
+    #[error("pid {sender} (uid {uid}) is not the program's user")]
+    OtherUser { sender: i32, uid: u32 },
+    #[error("pid {0} is not in the program's process tree")]
+    NotInTree(i32),
+    #[error("pid {sender} spoke for pid {claimed}")]
+    SpeaksForAnother { sender: i32, claimed: i32 },
+    #[error("pid {child} is not a child of checkpoint {checkpoint}")]
+    NotItsChild { child: i32, checkpoint: i32 },
+    #[error("unknown stub message kind {0}")]
+    UnknownKind(u32),
+}
+
+/// What the kernel knows of the processes a message may name.
+pub trait Kernel {
+    /// Whether `pid` is in the program's tree (the eBPF program's map,
+    /// which drops a process as it exits).
+    fn in_tree(&self, pid: i32) -> bool;
+    /// `pid`'s parent, if `pid` is alive: not exited, exiting or a zombie.
+    fn alive_parent(&self, pid: i32) -> Option<i32>;
+}
+
+/// Checks a stub message against the kernel's word before forkmon, as root,
+/// acts on the pids it names: it comes from a process of the program's
+/// tree, running as the program's user (`program_uid`), that speaks for
+/// itself — or, registering a child it forked, for that child.
+///
+/// Any process of the tree holds the socket, so without this one running
+/// as `nobody` could name any pid and have root forkmon move it into its
+/// cgroup and kill it.
+///
+/// A process that has exited since it sent the message (a quick program
+/// does, before forkmon reads it) is out of the tree but harmless: what
+/// forkmon does to a pid that is gone reaches no one. Only the living are
+/// checked for membership.
+pub fn check(
+    message: &Message,
+    sender: Option<Sender>,
+    program_uid: u32,
+    kernel: &impl Kernel,
+) -> Result<(), Distrust> {
+    use forkmon_common::stub::{MSG_CHILD, MSG_EXITED, MSG_FAILED, MSG_HELLO};
+    let sender = sender.ok_or(Distrust::NoCredentials)?;
+    if sender.uid != program_uid {
+        return Err(Distrust::OtherUser {
+            sender: sender.pid,
+            uid: sender.uid,
+        });
+    }
+    if kernel.alive_parent(sender.pid).is_some() && !kernel.in_tree(sender.pid) {
+        return Err(Distrust::NotInTree(sender.pid));
+    }
+    let speaks_for = |claimed: i32| {
+        if claimed == sender.pid {
+            Ok(())
+        } else {
+            Err(Distrust::SpeaksForAnother {
+                sender: sender.pid,
+                claimed,
+            })
+        }
+    };
+    match message.kind {
+        MSG_HELLO | MSG_FAILED => speaks_for(message.pid),
+        // The checkpoint reports the end of its own child, which is gone.
+        MSG_EXITED => speaks_for(message.checkpoint),
+        MSG_CHILD => {
+            // The child registers itself, or the checkpoint registers the
+            // child it forked early; either way it is the checkpoint's.
+            if message.pid != sender.pid {
+                speaks_for(message.checkpoint)?;
+            }
+            match kernel.alive_parent(message.pid) {
+                Some(parent) if parent != message.checkpoint || !kernel.in_tree(message.pid) => {
+                    Err(Distrust::NotItsChild {
+                        child: message.pid,
+                        checkpoint: message.checkpoint,
+                    })
+                }
+                _ => Ok(()),
+            }
+        }
+        kind => Err(Distrust::UnknownKind(kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forkmon_common::stub::{MSG_CHILD, MSG_EXITED, MSG_FAILED, MSG_HELLO};
+
+    /// The program's tree: pid 100 (the checkpoint), its child 101, and
+    /// 102, 101's child. Pid 1 is alive outside; 103 has exited.
+    struct Tree;
+
+    impl Kernel for Tree {
+        fn in_tree(&self, pid: i32) -> bool {
+            (100..=102).contains(&pid)
+        }
+        fn alive_parent(&self, pid: i32) -> Option<i32> {
+            match pid {
+                100 => Some(50),
+                101 => Some(100),
+                102 => Some(101),
+                1 => Some(0),
+                _ => None,
+            }
+        }
+    }
+
+    const USER: u32 = 1000;
+
+    fn from(pid: i32) -> Option<Sender> {
+        Some(Sender { pid, uid: USER })
+    }
+
+    fn message(kind: u32, pid: i32, checkpoint: i32) -> Message {
+        Message {
+            kind,
+            pid,
+            checkpoint,
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn honest_messages_pass() {
+        let honest = [
+            (message(MSG_HELLO, 100, 0), 100),
+            (message(MSG_CHILD, 101, 100), 101),
+            (message(MSG_CHILD, 101, 100), 100), // an early child, released
+            (message(MSG_EXITED, 101, 100), 100),
+            (message(MSG_FAILED, 100, 1), 100),
+            // Sent before it exited: nothing to harm.
+            (message(MSG_CHILD, 103, 100), 103),
+            (message(MSG_CHILD, 103, 100), 100),
+        ];
+        for (m, sender) in honest {
+            assert_eq!(check(&m, from(sender), USER, &Tree), Ok(()), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn a_process_cannot_speak_for_another() {
+        // Registering pid 1 (outside the tree) to have it killed later.
+        assert_eq!(
+            check(&message(MSG_HELLO, 1, 0), from(102), USER, &Tree),
+            Err(Distrust::SpeaksForAnother {
+                sender: 102,
+                claimed: 1
+            })
+        );
+        // A made-up child of a made-up checkpoint.
+        assert!(check(&message(MSG_CHILD, 1, 0), from(102), USER, &Tree).is_err());
+        // Its own grandchild as the checkpoint's child.
+        assert_eq!(
+            check(&message(MSG_CHILD, 102, 100), from(100), USER, &Tree),
+            Err(Distrust::NotItsChild {
+                child: 102,
+                checkpoint: 100
+            })
+        );
+        // Itself as another checkpoint's child.
+        assert!(check(&message(MSG_CHILD, 102, 100), from(102), USER, &Tree).is_err());
+        assert!(check(&message(MSG_FAILED, 100, 1), from(101), USER, &Tree).is_err());
+        assert!(check(&message(MSG_EXITED, 101, 100), from(102), USER, &Tree).is_err());
+    }
+
+    #[test]
+    fn only_the_programs_user_inside_the_tree_is_heard() {
+        let hello = message(MSG_HELLO, 100, 0);
+        assert_eq!(
+            check(&hello, Some(Sender { pid: 100, uid: 0 }), USER, &Tree),
+            Err(Distrust::OtherUser {
+                sender: 100,
+                uid: 0
+            })
+        );
+        assert_eq!(
+            check(&message(MSG_HELLO, 1, 0), from(1), USER, &Tree),
+            Err(Distrust::NotInTree(1))
+        );
+        assert_eq!(
+            check(&hello, None, USER, &Tree),
+            Err(Distrust::NoCredentials)
+        );
+        assert_eq!(
+            check(&message(99, 100, 0), from(100), USER, &Tree),
+            Err(Distrust::UnknownKind(99))
+        );
+    }
 }

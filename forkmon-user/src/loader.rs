@@ -202,6 +202,11 @@ impl Probes {
         let _ = self.tracked.remove(&pid);
     }
 
+    /// Whether `pid` is in the program's live tree.
+    pub fn is_tracked(&self, pid: u32) -> bool {
+        self.tracked.get(&pid, 0).is_ok()
+    }
+
     /// Every process currently tracked (the target's live tree).
     pub fn tracked_pids(&self) -> Vec<u32> {
         self.tracked.keys().filter_map(Result::ok).collect()

@@ -7,6 +7,7 @@ use clap::Parser as _;
 mod cgroup;
 mod channel;
 mod cli;
+mod credentials;
 mod events;
 mod filter;
 mod launcher;

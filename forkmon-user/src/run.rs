@@ -33,7 +33,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroup::{CgroupError, GroupId, KILL_TIMEOUT, Session},
-    channel::{Registration, Registrations, send_command},
+    channel::{self, Registration, Registrations, send_command},
     cli::RunArgs,
     events::Events,
     filter::{Filter, Prefilter},
@@ -135,6 +135,9 @@ struct Supervisor {
     /// The process that runs the program now, and its cgroup.
     leaf: Option<(i32, GroupId)>,
     target: i32,
+    /// Who the program runs as: stub messages from anyone else are not
+    /// believed.
+    program_uid: u32,
     last_status: Option<i32>,
     warned_threads: bool,
     stopping: Option<Stopping>,
@@ -150,11 +153,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let filter = Filter::new(&args.globs, args.lua_filter.as_deref(), &cwd)?;
     let report = Reporter::new(
         args.quiet,
-        !args.no_color && std::env::var_os("NO_COLOR").is_none() && io::stderr().is_terminal(),
+        !args.no_color && !crate::cli::no_color_env() && io::stderr().is_terminal(),
     );
     let mut probes = Probes::load()?;
     probes.set_prefilter(&prefilter_config(&filter.prefilter()))?;
     let user = TargetUser::from_sudo_env()?;
+    if let Some(user) = &user {
+        crate::credentials::set_program_user(user).context("cannot read forkmon's own groups")?;
+    }
     let session = Session::create().context("cannot set up the cgroup for the program")?;
     let watcher = Watcher::new(Delays {
         restart: Duration::from_millis(args.restart_delay),
@@ -219,6 +225,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         chain: Vec::new(),
         leaf: Some((target, root)),
         target,
+        program_uid: user
+            .as_ref()
+            .map_or(nix::unistd::geteuid().as_raw(), |user| user.uid.as_raw()),
         last_status: None,
         warned_threads: false,
         stopping: None,
@@ -421,6 +430,15 @@ impl Supervisor {
 
     fn on_registration(&mut self, registration: Registration) -> anyhow::Result<()> {
         let message = registration.message;
+        let kernel = LiveTree(&self.probes);
+        if let Err(distrust) =
+            channel::check(&message, registration.sender, self.program_uid, &kernel)
+        {
+            self.report.warn(&format!(
+                "ignoring a message on the stub socket: {distrust}"
+            ));
+            return Ok(());
+        }
         match message.kind {
             stub::MSG_HELLO => {
                 let Some(eventfd) = registration.eventfd else {
@@ -511,7 +529,7 @@ impl Supervisor {
                     self.chain[index].forking = false;
                 }
             }
-            _ => debug!("unknown stub message {message:?}"),
+            kind => debug!("unknown stub message kind {kind}"),
         }
         Ok(())
     }
@@ -871,21 +889,51 @@ fn parent_of(pid: i32) -> Option<i32> {
 /// Field `field` (numbered from 1, as in proc(5)) of `/proc/PID/stat`, in
 /// one read.
 fn stat_field<T: std::str::FromStr>(pid: i32, field: usize) -> Option<T> {
+    stat_fields(pid)?
+        .split_whitespace()
+        .nth(field.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 2, which
+/// may hold spaces, ')' and bytes that are not UTF-8), from field 3 on.
+fn stat_fields(pid: i32) -> Option<String> {
     let mut buf = [0u8; 1024];
     let len = io::Read::read(
         &mut fs::File::open(format!("/proc/{pid}/stat")).ok()?,
         &mut buf,
     )
     .ok()?;
-    // The fields after the command name (field 2, which may hold spaces,
-    // ')' and bytes that are not UTF-8).
     let end = buf[..len].iter().rposition(|b| *b == b')')?;
-    std::str::from_utf8(&buf[end + 1..len])
-        .ok()?
-        .split_whitespace()
-        .nth(field.checked_sub(3)?)?
-        .parse()
-        .ok()
+    Some(std::str::from_utf8(&buf[end + 1..len]).ok()?.to_owned())
+}
+
+/// `pid`'s parent if `pid` is alive: not gone, not a zombie, and not on
+/// its way out (`PF_EXITING`: the eBPF program forgets a process at the
+/// start of its exit).
+fn alive_parent(pid: i32) -> Option<i32> {
+    const PF_EXITING: u64 = 0x4;
+    let fields = stat_fields(pid)?;
+    let mut fields = fields.split_whitespace();
+    let state = fields.next()?; // field 3
+    let parent = fields.next()?.parse().ok()?; // 4
+    let flags: u64 = fields.nth(4)?.parse().ok()?; // 9
+    let dead = matches!(state, "Z" | "X" | "x");
+    (!dead && flags & PF_EXITING == 0).then_some(parent)
+}
+
+/// The live kernel, as [`channel::check`] asks it.
+struct LiveTree<'a>(&'a Probes);
+
+impl channel::Kernel for LiveTree<'_> {
+    fn in_tree(&self, pid: i32) -> bool {
+        u32::try_from(pid).is_ok_and(|pid| self.0.is_tracked(pid))
+    }
+
+    fn alive_parent(&self, pid: i32) -> Option<i32> {
+        alive_parent(pid)
+    }
 }
 
 /// The process's threads, from one `stat` of `/proc/PID/task` (on the

@@ -531,6 +531,9 @@ impl Watcher {
         file: &Path,
         given: Option<Option<Identity>>,
     ) -> Result<(), WatchError> {
+        // The program's file, with the program user's permissions: where a
+        // symlink leads, and which directories are watched.
+        let _as_user = crate::credentials::as_program_user();
         let wanted = watch_keys(file)?;
         let old = self
             .files
@@ -810,6 +813,9 @@ impl Watcher {
     /// current identity the baseline, or holds everything while a file is
     /// missing (within [`MISSING_GRACE`]), or forgets unchanged files.
     fn evaluate(&mut self, now: Instant) -> Option<Vec<PathBuf>> {
+        // See `watch_inner`: a file that became a symlink to one the user
+        // may not reach is missing, not compared.
+        let _as_user = crate::credentials::as_program_user();
         self.rewatch_lost_dirs();
         let pending = std::mem::take(&mut self.burst.pending);
         let mut results = Vec::with_capacity(pending.len());
