@@ -1,7 +1,7 @@
 //! The `LD_PRELOAD` library that lives inside the target and forks it at a
 //! checkpoint.
 //!
-//! Flow (DESIGN.md, "The mechanism"): the constructor installs the signal
+//! Flow (docs/mechanism.md): the constructor installs the signal
 //! handler, registers the process with forkmon (its own eventfd over the
 //! inherited registration socket) and waits for "go", so forkmon has armed
 //! the process before the program runs. When the program opens a file that
@@ -44,9 +44,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 use forkmon_common::open_syscall;
 use forkmon_common::stub::{
-    CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH, ENV_SOCKET, MSG_CHILD,
-    MSG_EXITED, MSG_FAILED, MSG_HELLO, Message, REOPEN_MARK, SIGNAL, checkpoint_syscall,
-    spin_budget_us,
+    CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH, ENV_SOCKET, Message,
+    REOPEN_MARK, SIGNAL, StubMessage, checkpoint_syscall, spin_budget_us,
 };
 
 /// The registration socket shared by the whole tree.
@@ -109,12 +108,11 @@ unsafe fn init_unsafe() {
             return;
         }
     }
-    let message = Message {
-        kind: MSG_HELLO,
+    let message = StubMessage::Hello {
         // SAFETY: getpid has no preconditions.
         pid: unsafe { libc::getpid() },
-        ..Message::default()
-    };
+    }
+    .encode();
     // SAFETY: plain syscalls.
     unsafe {
         if register(&message).is_some() {
@@ -434,14 +432,13 @@ unsafe fn wait_released() -> bool {
 impl EarlyChild {
     /// Lets it run the program, and registers it with forkmon.
     unsafe fn release(self, checkpoint: i32, fd: i32) {
-        let message = Message {
-            kind: MSG_CHILD,
+        let message = StubMessage::Child {
             pid: self.pid,
             checkpoint,
             fd,
-            status: 0,
-            ..Message::default()
-        };
+            waits: false,
+        }
+        .encode();
         // SAFETY: raw syscalls on our own fds.
         unsafe {
             libc::write(self.eventfd, (&RELEASED as *const u64).cast(), 8);
@@ -557,14 +554,13 @@ unsafe fn fork_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool) -
 /// Tells forkmon a fork failed, and whether this process gave up being a
 /// checkpoint (it then runs on as the program).
 unsafe fn fail(me: i32, fd: i32, errno: i32, gave_up: bool) {
-    let message = Message {
-        kind: MSG_FAILED,
+    let message = StubMessage::Failed {
         pid: me,
-        checkpoint: gave_up as i32,
         fd,
-        status: errno,
-        ..Message::default()
-    };
+        errno,
+        gave_up,
+    }
+    .encode();
     // SAFETY: a plain sendmsg.
     unsafe { send(&message, None) };
 }
@@ -579,14 +575,13 @@ unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool)
         if libc::getppid() != checkpoint {
             libc::_exit(127);
         }
-        let message = Message {
-            kind: MSG_CHILD,
+        let message = StubMessage::Child {
             pid: libc::getpid(),
             checkpoint,
             fd,
-            status: standby as i32,
-            ..Message::default()
-        };
+            waits: standby,
+        }
+        .encode();
         if standby {
             // Before registering: forkmon may wake a registered standby at
             // once (a resume that came while it was being forked).
@@ -775,13 +770,12 @@ impl Children {
             libc::waitpid(self.pid[slot], &mut status, 0);
             libc::close(self.pidfd[slot]);
         }
-        let message = Message {
-            kind: MSG_EXITED,
+        let message = StubMessage::Exited {
             pid: self.pid[slot],
             checkpoint: me,
             status,
-            ..Message::default()
-        };
+        }
+        .encode();
         self.pid[slot] = 0;
         self.pidfd[slot] = -1;
         // SAFETY: a plain sendmsg.

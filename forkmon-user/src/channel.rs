@@ -7,7 +7,7 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
 };
 
-use forkmon_common::stub::Message;
+use forkmon_common::stub::{Message, StubMessage};
 use nix::{
     errno::Errno,
     sys::socket::{
@@ -209,8 +209,8 @@ pub fn check(
     sender: Option<Sender>,
     program_uid: u32,
     kernel: &impl Kernel,
-) -> Result<(), Distrust> {
-    use forkmon_common::stub::{MSG_CHILD, MSG_EXITED, MSG_FAILED, MSG_HELLO};
+) -> Result<StubMessage, Distrust> {
+    let decoded = StubMessage::decode(message).ok_or(Distrust::UnknownKind(message.kind))?;
     let sender = sender.ok_or(Distrust::NoCredentials)?;
     if sender.uid != program_uid {
         return Err(Distrust::OtherUser {
@@ -231,28 +231,29 @@ pub fn check(
             })
         }
     };
-    match message.kind {
-        MSG_HELLO | MSG_FAILED => speaks_for(message.pid),
+    match decoded {
+        StubMessage::Hello { pid } | StubMessage::Failed { pid, .. } => speaks_for(pid)?,
         // The checkpoint reports the end of its own child, which is gone.
-        MSG_EXITED => speaks_for(message.checkpoint),
-        MSG_CHILD => {
+        StubMessage::Exited { checkpoint, .. } => speaks_for(checkpoint)?,
+        StubMessage::Child {
+            pid, checkpoint, ..
+        } => {
             // The child registers itself, or the checkpoint registers the
             // child it forked early; either way it is the checkpoint's.
-            if message.pid != sender.pid {
-                speaks_for(message.checkpoint)?;
+            if pid != sender.pid {
+                speaks_for(checkpoint)?;
             }
-            match kernel.alive_parent(message.pid) {
-                Some(parent) if parent != message.checkpoint || !kernel.in_tree(message.pid) => {
-                    Err(Distrust::NotItsChild {
-                        child: message.pid,
-                        checkpoint: message.checkpoint,
-                    })
-                }
-                _ => Ok(()),
+            if let Some(parent) = kernel.alive_parent(pid)
+                && (parent != checkpoint || !kernel.in_tree(pid))
+            {
+                return Err(Distrust::NotItsChild {
+                    child: pid,
+                    checkpoint,
+                });
             }
         }
-        kind => Err(Distrust::UnknownKind(kind)),
     }
+    Ok(decoded)
 }
 
 #[cfg(test)]
@@ -307,7 +308,11 @@ mod tests {
             (message(MSG_CHILD, 103, 100), 100),
         ];
         for (m, sender) in honest {
-            assert_eq!(check(&m, from(sender), USER, &Tree), Ok(()), "{m:?}");
+            assert_eq!(
+                check(&m, from(sender), USER, &Tree),
+                StubMessage::decode(&m).ok_or(Distrust::UnknownKind(m.kind)),
+                "{m:?}"
+            );
         }
     }
 
@@ -315,7 +320,7 @@ mod tests {
     fn a_process_cannot_speak_for_another() {
         // Registering pid 1 (outside the tree) to have it killed later.
         assert_eq!(
-            check(&message(MSG_HELLO, 1, 0), from(102), USER, &Tree),
+            check(&message(MSG_HELLO, 1, 0), from(102), USER, &Tree).map(drop),
             Err(Distrust::SpeaksForAnother {
                 sender: 102,
                 claimed: 1
@@ -325,7 +330,7 @@ mod tests {
         assert!(check(&message(MSG_CHILD, 1, 0), from(102), USER, &Tree).is_err());
         // Its own grandchild as the checkpoint's child.
         assert_eq!(
-            check(&message(MSG_CHILD, 102, 100), from(100), USER, &Tree),
+            check(&message(MSG_CHILD, 102, 100), from(100), USER, &Tree).map(drop),
             Err(Distrust::NotItsChild {
                 child: 102,
                 checkpoint: 100
@@ -341,22 +346,22 @@ mod tests {
     fn only_the_programs_user_inside_the_tree_is_heard() {
         let hello = message(MSG_HELLO, 100, 0);
         assert_eq!(
-            check(&hello, Some(Sender { pid: 100, uid: 0 }), USER, &Tree),
+            check(&hello, Some(Sender { pid: 100, uid: 0 }), USER, &Tree).map(drop),
             Err(Distrust::OtherUser {
                 sender: 100,
                 uid: 0
             })
         );
         assert_eq!(
-            check(&message(MSG_HELLO, 1, 0), from(1), USER, &Tree),
+            check(&message(MSG_HELLO, 1, 0), from(1), USER, &Tree).map(drop),
             Err(Distrust::NotInTree(1))
         );
         assert_eq!(
-            check(&hello, None, USER, &Tree),
+            check(&hello, None, USER, &Tree).map(drop),
             Err(Distrust::NoCredentials)
         );
         assert_eq!(
-            check(&message(99, 100, 0), from(100), USER, &Tree),
+            check(&message(99, 100, 0), from(100), USER, &Tree).map(drop),
             Err(Distrust::UnknownKind(99))
         );
     }

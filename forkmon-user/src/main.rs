@@ -1,5 +1,5 @@
 //! forkmon: observe the files a program opens with eBPF, and checkpoint it
-//! there (see DESIGN.md).
+//! there (see docs/mechanism.md).
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -15,7 +15,9 @@ mod loader;
 mod output;
 mod paths;
 mod priority;
+mod procfs;
 mod run;
+mod supervisor;
 mod trace;
 mod watcher;
 

@@ -257,7 +257,15 @@ fn interrupt_stops_the_whole_tree() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(700));
+    // Until the tree runs (loading the eBPF program takes a while on a
+    // loaded machine), then a little longer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while fs::read_to_string(&trace_file).map_or(0, |t| t.lines().count()) < 4
+        && std::time::Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(300));
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(forkmon.id() as i32, libc::SIGINT) };
     let status = forkmon.wait().unwrap();

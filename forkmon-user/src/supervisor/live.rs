@@ -1,0 +1,152 @@
+//! The supervisor's [`System`] on the live kernel: the stubs' eventfds,
+//! the eBPF maps, the session's cgroups, the watcher and `/proc`.
+use std::{collections::HashMap, fs, os::fd::OwnedFd, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use super::System;
+use crate::{
+    cgroup::{CgroupError, GroupId, Session},
+    channel::{Kernel, send_command},
+    loader::Probes,
+    priority::Policy,
+    procfs,
+    watcher::{Identity, WatchError, Watcher},
+};
+
+pub struct LiveSystem {
+    pub probes: Probes,
+    pub session: Session,
+    pub watcher: Watcher,
+    /// The command channel of each registered process.
+    eventfds: HashMap<i32, OwnedFd>,
+}
+
+impl LiveSystem {
+    pub fn new(probes: Probes, session: Session, watcher: Watcher) -> LiveSystem {
+        LiveSystem {
+            probes,
+            session,
+            watcher,
+            eventfds: HashMap::new(),
+        }
+    }
+}
+
+impl Kernel for LiveSystem {
+    fn in_tree(&self, pid: i32) -> bool {
+        u32::try_from(pid).is_ok_and(|pid| self.probes.is_tracked(pid))
+    }
+
+    fn alive_parent(&self, pid: i32) -> Option<i32> {
+        procfs::alive_parent(pid)
+    }
+}
+
+impl System for LiveSystem {
+    type Group = GroupId;
+
+    fn connect(&mut self, pid: i32, eventfd: OwnedFd) {
+        self.eventfds.insert(pid, eventfd);
+    }
+
+    fn disconnect(&mut self, pid: i32) {
+        self.eventfds.remove(&pid);
+    }
+
+    fn is_connected(&self, pid: i32) -> bool {
+        self.eventfds.contains_key(&pid)
+    }
+
+    fn send(&mut self, pid: i32, command: u64) -> anyhow::Result<()> {
+        let eventfd = self
+            .eventfds
+            .get(&pid)
+            .with_context(|| format!("process {pid} has no command channel"))?;
+        send_command(eventfd, command).with_context(|| format!("cannot command process {pid}"))
+    }
+
+    fn arm(&mut self, pid: i32) -> anyhow::Result<()> {
+        Ok(self.probes.arm(pid as u32)?)
+    }
+
+    fn arm_next_child(&mut self, pid: i32) -> anyhow::Result<()> {
+        Ok(self.probes.arm_next_child(pid as u32)?)
+    }
+
+    fn keep_next_child_unarmed(&mut self, pid: i32) -> anyhow::Result<()> {
+        Ok(self.probes.keep_next_child_unarmed(pid as u32)?)
+    }
+
+    fn new_group(&mut self, parent: GroupId) -> anyhow::Result<GroupId> {
+        Ok(self.session.new_child(parent)?)
+    }
+
+    fn move_into(&mut self, group: GroupId, pid: i32) -> anyhow::Result<()> {
+        match self.session.add_process(group, pid) {
+            Err(CgroupError::Io { error, .. }) if error.raw_os_error() == Some(libc::ESRCH) => {
+                Ok(())
+            }
+            result => Ok(result?),
+        }
+    }
+
+    fn members(&self, group: GroupId) -> anyhow::Result<Vec<i32>> {
+        Ok(self.session.procs(group)?)
+    }
+
+    fn kill_now(&mut self, group: GroupId) -> anyhow::Result<()> {
+        Ok(self.session.kill_now(group)?)
+    }
+
+    fn kill_in_background(&mut self, group: GroupId) -> anyhow::Result<()> {
+        Ok(self.session.kill_in_background(group)?)
+    }
+
+    fn wait_empty(&mut self, group: GroupId, timeout: Duration) -> anyhow::Result<bool> {
+        Ok(self.session.wait_empty(group, timeout)?)
+    }
+
+    fn prepare(&mut self, group: GroupId) {
+        self.session.prepare(group);
+    }
+
+    fn reap_empty(&mut self) {
+        self.session.reap_empty();
+    }
+
+    fn kill(&mut self, pid: i32) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+
+    fn opened_file(&self, pid: i32, fd: i64) -> Option<Identity> {
+        fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .map(|meta| Identity::from_metadata(&meta))
+    }
+
+    fn threads(&self, pid: i32) -> usize {
+        procfs::thread_count(pid)
+    }
+
+    fn policy(&self, pid: i32) -> Policy {
+        Policy::of(pid).unwrap_or(Policy::NORMAL)
+    }
+
+    fn give(&mut self, policy: Policy, pid: i32) {
+        policy.give(pid);
+    }
+
+    fn watch(&mut self, file: &Path, baseline: Option<Identity>) -> Result<(), WatchError> {
+        self.watcher.watch_with_baseline(file, baseline)
+    }
+
+    fn unwatch(&mut self, file: &Path) {
+        self.watcher.unwatch(file);
+    }
+}

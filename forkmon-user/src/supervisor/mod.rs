@@ -1,0 +1,859 @@
+//! The supervisor of `forkmon run`: it answers the stubs' registrations and
+//! the kernel's candidate opens, keeps the chain of checkpoints, and on a
+//! change kills everything below the file's checkpoint and resumes it.
+//!
+//! The live program is always a chain: the target (or a checkpoint's fresh
+//! child) runs; at each matching open it becomes a checkpoint and its child
+//! runs on. `chain[i]` is the i-th checkpoint; what runs below the last one
+//! is the [`Program`], the only process that may become the next
+//! checkpoint.
+//!
+//! Every state is an enum carrying its data ([`Program`], [`Next`],
+//! [`Prime`]); every effect on the world (commands to the stubs, cgroups,
+//! BPF maps, watches, `/proc`) goes through [`System`], which the tests
+//! stand in for, so each transition is unit-tested without root.
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use forkmon_common::stub::{self, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, StubMessage};
+use log::{debug, warn};
+
+use crate::{
+    channel::{self, Kernel, Registration},
+    filter::Filter,
+    output::Reporter,
+    priority::Policy,
+    watcher::{EVALUATION_LEAD, Identity, WatchError, WatchEvent},
+};
+
+pub mod live;
+#[cfg(test)]
+mod tests;
+
+/// How long a resume waits for the frozen checkpoints and standbys below it
+/// to exit (see [`Supervisor::resume_from`]).
+const FROZEN_GRACE: Duration = Duration::from_millis(1);
+
+/// How long a resume waits for the killed program to exit; a slower exit
+/// does not stop the resume (see [`Supervisor::resume_from`]).
+const KILL_TIMEOUT: Duration = crate::cgroup::KILL_TIMEOUT;
+
+/// How much longer than [`EVALUATION_LEAD`] a primed standby polls for
+/// "go" before it sleeps again (forkmon may be late on a loaded machine).
+const STANDBY_SPIN_MARGIN: Duration = Duration::from_millis(2);
+
+/// What the supervisor does to the world and asks of it. The live one
+/// ([`live::LiveSystem`]) talks to the kernel; the tests' records.
+pub trait System: Kernel {
+    /// A cgroup: what the supervisor kills and waits for at once.
+    type Group: Copy + Eq + std::fmt::Debug;
+
+    // The stubs' command channels.
+    /// From now on, commands to `pid` go to `eventfd`.
+    fn connect(&mut self, pid: i32, eventfd: OwnedFd);
+    fn disconnect(&mut self, pid: i32);
+    fn is_connected(&self, pid: i32) -> bool;
+    /// Writes `command` to `pid`'s eventfd.
+    fn send(&mut self, pid: i32, command: u64) -> anyhow::Result<()>;
+
+    // The eBPF program's maps.
+    /// The kernel may signal `pid` at candidate opens.
+    fn arm(&mut self, pid: i32) -> anyhow::Result<()>;
+    /// …and the next process `pid` forks, before it runs.
+    fn arm_next_child(&mut self, pid: i32) -> anyhow::Result<()>;
+    /// Takes that back if `pid` is still armed.
+    fn keep_next_child_unarmed(&mut self, pid: i32) -> anyhow::Result<()>;
+
+    // Cgroups: a group per running child, nested below its checkpoint's.
+    fn new_group(&mut self, parent: Self::Group) -> anyhow::Result<Self::Group>;
+    /// Moves `pid` into `group`; one that already exited needs no moving.
+    fn move_into(&mut self, group: Self::Group, pid: i32) -> anyhow::Result<()>;
+    fn members(&self, group: Self::Group) -> anyhow::Result<Vec<i32>>;
+    /// Kills the group's processes without waiting for them.
+    fn kill_now(&mut self, group: Self::Group) -> anyhow::Result<()>;
+    /// Kills the group and everything nested in it, in the background.
+    fn kill_in_background(&mut self, group: Self::Group) -> anyhow::Result<()>;
+    /// Whether the group is empty, waiting up to `timeout` for it to be.
+    fn wait_empty(&mut self, group: Self::Group, timeout: Duration) -> anyhow::Result<bool>;
+    /// Opens ahead what killing the group will need.
+    fn prepare(&mut self, group: Self::Group);
+    /// Removes the killed groups that are empty.
+    fn reap_empty(&mut self);
+
+    // Processes.
+    fn kill(&mut self, pid: i32);
+    /// What `pid`'s fd `fd` is, if it is a regular file.
+    fn opened_file(&self, pid: i32, fd: i64) -> Option<Identity>;
+    fn threads(&self, pid: i32) -> usize;
+    fn policy(&self, pid: i32) -> Policy;
+    fn give(&mut self, policy: Policy, pid: i32);
+
+    // Files.
+    fn watch(&mut self, file: &Path, baseline: Option<Identity>) -> Result<(), WatchError>;
+    fn unwatch(&mut self, file: &Path);
+}
+
+/// Where the program is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program<G> {
+    /// `pid` runs the program, in `group` (or ran it: it may have exited and
+    /// wait for changes). The target, or the last checkpoint's child.
+    Running { pid: i32, group: G },
+    /// The next child of checkpoint `at` to register runs the program: its
+    /// first, or a resume's when no standby was ready.
+    Starting { at: usize },
+    /// A change was seen: everything below checkpoint `at` is killed, and
+    /// the program resumes from there once the delays have passed.
+    Stopped(Stop<G>),
+    /// Nothing runs, and no checkpoint is left to resume from.
+    Gone,
+}
+
+/// What a stop left to do before the resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stop<G> {
+    at: usize,
+    /// The group of the processes that ran the program, until it is empty.
+    running: Option<G>,
+    /// The group holding everything below the checkpoint (the same, plus
+    /// the later checkpoints and their standbys), until it is empty.
+    below: Option<G>,
+    prime: Prime,
+}
+
+/// How far the resume was prepared (see [`Supervisor::prime_resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prime {
+    NotYet,
+    Done,
+    /// …and this standby was told that "go" is imminent: it polls.
+    Spinning(i32),
+}
+
+/// A checkpoint's next child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// None prepared: the next resume forks one.
+    Nothing,
+    /// Asked for (or forked early, at the checkpoint itself) and not
+    /// registered yet. `stale`: a change was seen below the checkpoint
+    /// after it was forked to run, so if it runs already it runs old
+    /// content, and must go.
+    Forking { stale: bool },
+    /// A registered child waiting to be told to run: the next resume wakes
+    /// it instead of forking. Prepared while the program is idle (see
+    /// [`Supervisor::prepare_standbys`]).
+    Standby(i32),
+}
+
+struct Checkpoint<G> {
+    /// The file whose open this checkpoint was made at.
+    file: PathBuf,
+    /// The checkpoint process, frozen in its stub.
+    pid: i32,
+    /// Its cgroup: the checkpoint's own (it was the program until now).
+    group: G,
+    /// The child that runs (or ran) the program from here, and its cgroup,
+    /// which holds everything below this checkpoint.
+    below: Option<(i32, G)>,
+    next: Next,
+    /// The program's scheduling policy, given back to each child that runs
+    /// it (the checkpoint and its standbys wait at idle priority).
+    policy: Policy,
+}
+
+/// How a checkpoint's child starts running the program.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Start {
+    /// It runs already (armed by the eBPF program at the fork).
+    Running,
+    /// It waits: give it the program's priority, arm it, tell it to go.
+    Go,
+    /// It waits, polling, with priority and arming given (see
+    /// [`Supervisor::prime_resume`]): tell it to go.
+    Primed,
+}
+
+/// When a resume being prepared is due (see [`Supervisor::prime_resume`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Within the watcher's `EVALUATION_LEAD`.
+    Soon,
+    /// Right after the preparation.
+    Now,
+}
+
+/// An open the kernel stopped a process at, waiting for a verdict.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub pid: i32,
+    /// The fd the open returned.
+    pub fd: i64,
+    /// Which open syscall (an `open_syscall` value), for the re-opens.
+    pub syscall: u32,
+    /// The absolute path, when it could be resolved.
+    pub path: Option<PathBuf>,
+}
+
+/// Why the program ended for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The target exited before any checkpoint was made.
+    Exited(u8),
+    /// The checkpoints were killed from outside; nothing is left to resume.
+    CheckpointsDied(u8),
+}
+
+pub struct Supervisor<S: System> {
+    pub system: S,
+    filter: Filter,
+    report: Reporter,
+    chain: Vec<Checkpoint<S::Group>>,
+    program: Program<S::Group>,
+    target: i32,
+    /// Who the program runs as: stub messages from anyone else are not
+    /// believed.
+    program_uid: u32,
+    last_status: Option<i32>,
+    warned_threads: bool,
+    /// A checkpoint was killed from outside (and the chain cut there).
+    checkpoints_died: bool,
+    /// `--no-standby`: a resume forks its child.
+    no_standby: bool,
+    /// Candidate opens of processes not registered yet, answered when they
+    /// are.
+    unregistered: HashMap<i32, Candidate>,
+    /// Pids of processes that registered and are still known.
+    registered: HashSet<i32>,
+}
+
+pub struct Options {
+    pub filter: Filter,
+    pub report: Reporter,
+    pub no_standby: bool,
+    pub program_uid: u32,
+}
+
+impl<S: System> Supervisor<S> {
+    /// Supervises `target`, started (paused, then released) in `group`.
+    pub fn new(system: S, options: Options, target: i32, group: S::Group) -> Self {
+        Supervisor {
+            system,
+            filter: options.filter,
+            report: options.report,
+            chain: Vec::new(),
+            program: Program::Running { pid: target, group },
+            target,
+            program_uid: options.program_uid,
+            last_status: None,
+            warned_threads: false,
+            checkpoints_died: false,
+            no_standby: options.no_standby,
+            unregistered: HashMap::new(),
+            registered: HashSet::new(),
+        }
+    }
+
+    /// The group of what runs the program, for the final stop.
+    pub fn program_group(&self) -> Option<S::Group> {
+        match self.program {
+            Program::Running { group, .. } => Some(group),
+            _ => None,
+        }
+    }
+
+    fn running_pid(&self) -> Option<i32> {
+        match self.program {
+            Program::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// A process of the tree exited (the kernel's word).
+    pub fn on_exit(&mut self, pid: i32) {
+        self.unregistered.remove(&pid);
+        let Some(index) = self.chain.iter().position(|c| c.pid == pid) else {
+            return;
+        };
+        // A checkpoint died: killed from outside, for it never exits by
+        // itself. It and every later one are gone, and nothing can be
+        // resumed from them.
+        self.report.warn(&format!(
+            "the checkpoint at '{}' was killed from outside; it can no longer be resumed",
+            self.chain[index].file.display()
+        ));
+        self.checkpoints_died = true;
+        self.cut_chain(index);
+    }
+
+    /// Forgets checkpoints `index..` (gone), and a program state that
+    /// depended on one of them.
+    fn cut_chain(&mut self, index: usize) {
+        for gone in self.chain.drain(index..) {
+            self.system.unwatch(&gone.file);
+            forget(&mut self.system, &mut self.registered, gone.pid);
+            if let Some((child, _)) = gone.below {
+                forget(&mut self.system, &mut self.registered, child);
+            }
+            if let Next::Standby(standby) = gone.next {
+                forget(&mut self.system, &mut self.registered, standby);
+            }
+        }
+        match self.program {
+            Program::Starting { at } if at >= index => self.program = Program::Gone,
+            Program::Stopped(stop) if stop.at >= index => self.program = Program::Gone,
+            _ => {}
+        }
+        if self.chain.is_empty() && self.checkpoints_died {
+            self.program = Program::Gone;
+        }
+    }
+
+    /// The kernel stopped `candidate.pid` at an open that may match: answer
+    /// it.
+    pub fn on_candidate(&mut self, candidate: Candidate) -> anyhow::Result<()> {
+        let pid = candidate.pid;
+        if !self.registered.contains(&pid) {
+            // A checkpoint's child runs before forkmon has its registration
+            // (from another channel): answer once it has.
+            debug!("candidate open by {pid}, not registered yet");
+            self.unregistered.insert(pid, candidate);
+            return Ok(());
+        }
+        // The very file the program opened, while it waits: one stat says
+        // whether it is a regular file, and gives the identity the watch
+        // compares with, so a save between the open and the watch is still
+        // seen as a change.
+        let opened = self.system.opened_file(pid, candidate.fd);
+        let checkpoint = match (&candidate.path, opened) {
+            (Some(path), Some(_)) => self.should_checkpoint(pid, path),
+            _ => false,
+        };
+        let (Program::Running { group, .. }, true, Some(path)) =
+            (self.program, checkpoint, candidate.path)
+        else {
+            // The eBPF program armed its next child, in case the stub
+            // forked before this verdict; a child forked later is the
+            // program's own.
+            self.system.keep_next_child_unarmed(pid)?;
+            return self.system.send(pid, CMD_GO);
+        };
+        self.chain.push(Checkpoint {
+            file: path.clone(),
+            pid,
+            group,
+            below: None,
+            next: Next::Forking { stale: false },
+            policy: self.system.policy(pid),
+        });
+        self.program = Program::Starting {
+            at: self.chain.len() - 1,
+        };
+        // Its child goes on at once: armed at the fork, as the eBPF program
+        // set when it signalled this open. The stub may have forked it
+        // already, before this verdict.
+        self.system
+            .send(pid, stub::checkpoint_command(candidate.syscall))?;
+        // While it forks. Its child may read the file before the watch is
+        // in place: a save meanwhile still shows against `opened`.
+        match self.system.watch(&path, opened) {
+            Ok(()) => self.report.watch(&path),
+            // The program runs on; only this file's changes go unnoticed.
+            Err(e) => self.report.warn(&format!(
+                "{e}; changes to '{}' will go unnoticed",
+                path.display()
+            )),
+        }
+        Ok(())
+    }
+
+    fn should_checkpoint(&mut self, pid: i32, path: &Path) -> bool {
+        if self.running_pid() != Some(pid) {
+            return false;
+        }
+        if !self.filter.matches(path) {
+            return false;
+        }
+        if self.chain.iter().any(|c| c.file == path) {
+            return false; // the first open of each file is its checkpoint
+        }
+        let threads = self.system.threads(pid);
+        if threads > 1 {
+            if !self.warned_threads {
+                self.report.warn(&format!(
+                    "pid {pid} has {threads} threads: not checkpointing it (a fork keeps only one)"
+                ));
+                self.warned_threads = true;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// A message on the stub socket, once the kernel has vouched for its
+    /// sender.
+    pub fn on_registration(&mut self, registration: Registration) -> anyhow::Result<()> {
+        let message = match channel::check(
+            &registration.message,
+            registration.sender,
+            self.program_uid,
+            &self.system,
+        ) {
+            Ok(message) => message,
+            Err(distrust) => {
+                self.report.warn(&format!(
+                    "ignoring a message on the stub socket: {distrust}"
+                ));
+                return Ok(());
+            }
+        };
+        match message {
+            StubMessage::Hello { pid } => {
+                let Some(eventfd) = registration.eventfd else {
+                    return Ok(());
+                };
+                // The target (or the program after an exec, e.g. a shim
+                // that execs the real interpreter) can be checkpointed; any
+                // other process is observed only.
+                if self.running_pid() == Some(pid) {
+                    self.system.arm(pid)?;
+                }
+                self.system.connect(pid, eventfd);
+                self.registered.insert(pid);
+                self.system.send(pid, CMD_GO)?;
+            }
+            StubMessage::Child {
+                pid,
+                checkpoint,
+                waits,
+                ..
+            } => {
+                let Some(eventfd) = registration.eventfd else {
+                    return Ok(());
+                };
+                self.on_child(pid, checkpoint, waits, eventfd)?;
+            }
+            StubMessage::Exited { pid, status, .. } => self.on_child_exited(pid, status)?,
+            StubMessage::Failed {
+                pid,
+                errno,
+                gave_up,
+                ..
+            } => self.on_fork_failed(pid, errno, gave_up)?,
+        }
+        Ok(())
+    }
+
+    fn on_child(
+        &mut self,
+        pid: i32,
+        checkpoint: i32,
+        waits: bool,
+        eventfd: OwnedFd,
+    ) -> anyhow::Result<()> {
+        let Some(index) = self.chain.iter().position(|c| c.pid == checkpoint) else {
+            debug!("child {pid} of a stale checkpoint");
+            return Ok(());
+        };
+        self.system.connect(pid, eventfd);
+        self.registered.insert(pid);
+        let stale = matches!(self.chain[index].next, Next::Forking { stale: true });
+        self.chain[index].next = Next::Nothing;
+        let starting = self.program == Program::Starting { at: index };
+        if !waits && (stale || !starting) {
+            // It started before the change (or runs when nothing asked it
+            // to): stop it, and fork anew.
+            self.system.kill(pid);
+            forget(&mut self.system, &mut self.registered, pid);
+            self.unregistered.remove(&pid);
+            return self.request_fork(index);
+        }
+        if starting {
+            let start = if waits { Start::Go } else { Start::Running };
+            self.run_child(index, pid, start)?;
+        } else {
+            self.chain[index].next = Next::Standby(pid);
+        }
+        if let Some(candidate) = self.unregistered.remove(&pid) {
+            self.on_candidate(candidate)?;
+        }
+        Ok(())
+    }
+
+    fn on_child_exited(&mut self, pid: i32, status: i32) -> anyhow::Result<()> {
+        forget(&mut self.system, &mut self.registered, pid);
+        if self.running_pid() == Some(pid) {
+            self.last_status = Some(status);
+            self.report.exited(status);
+            self.prepare_standbys()?;
+        }
+        if let Some(index) = self.chain.iter().position(|c| c.next == Next::Standby(pid)) {
+            // Killed from outside while waiting: prepare another.
+            self.chain[index].next = Next::Nothing;
+            self.request_fork(index)?;
+        }
+        Ok(())
+    }
+
+    fn on_fork_failed(&mut self, pid: i32, errno: i32, gave_up: bool) -> anyhow::Result<()> {
+        let Some(index) = self.chain.iter().position(|c| c.pid == pid) else {
+            return Ok(());
+        };
+        // No child took the arming meant for it.
+        self.system.arm(pid)?;
+        let error = nix::errno::Errno::from_raw(errno).desc();
+        if gave_up {
+            // It runs on as the program, not as a checkpoint.
+            let Checkpoint { file, group, .. } = self.chain.remove(index);
+            self.system.unwatch(&file);
+            self.cut_chain(index);
+            self.program = Program::Running { pid, group };
+            self.system.prepare(group);
+            self.report.warn(&format!(
+                "cannot checkpoint at '{}': {error}",
+                file.display()
+            ));
+        } else {
+            self.report.warn(&format!(
+                "cannot prepare a resume from '{}': {error}",
+                self.chain[index].file.display()
+            ));
+            self.chain[index].next = Next::Nothing;
+        }
+        Ok(())
+    }
+
+    /// Lets checkpoint `index`'s registered child `pid` run the program (or
+    /// takes note that it does), and moves it into its own cgroup.
+    ///
+    /// The child runs first and is moved into its own cgroup right after:
+    /// moving a process between cgroups waits for an RCU grace period
+    /// (~10 ms here), which must not delay the run. What it spawns
+    /// meanwhile is swept along, found by ancestry.
+    fn run_child(&mut self, index: usize, pid: i32, start: Start) -> anyhow::Result<()> {
+        let checkpoint = &self.chain[index];
+        let (policy, parent_pid, parent_group) =
+            (checkpoint.policy, checkpoint.pid, checkpoint.group);
+        if start == Start::Go {
+            self.system.give(policy, pid);
+            self.system.arm(pid)?;
+        }
+        if start != Start::Running {
+            self.system.send(pid, CMD_GO)?;
+            // Woken or polling, perhaps on this CPU (see `prime_resume`):
+            // let it go before the bookkeeping below.
+            std::thread::yield_now();
+        }
+        // The checkpoint reaps and reports this child: at the program's
+        // priority, so its exit is known at once.
+        self.system.give(policy, parent_pid);
+        let started = std::time::Instant::now();
+        let group = self.system.new_group(parent_group)?;
+        self.system.move_into(group, pid)?;
+        for other in self.system.members(parent_group)? {
+            if other != parent_pid && descends_from(&self.system, other, pid) {
+                self.system.move_into(group, other)?;
+            }
+        }
+        debug!("moved {pid} into its cgroup in {:?}", started.elapsed());
+        self.chain[index].below = Some((pid, group));
+        self.program = Program::Running { pid, group };
+        self.system.prepare(group);
+        Ok(())
+    }
+
+    /// The program finished and waits for changes: have every checkpoint
+    /// fork the child its next resume will wake. Done while idle, so the
+    /// forks compete with nothing, and a resume costs no fork.
+    fn prepare_standbys(&mut self) -> anyhow::Result<()> {
+        if self.no_standby {
+            return Ok(());
+        }
+        // The files opened last are usually the ones being worked on.
+        for index in (0..self.chain.len()).rev() {
+            // From now on it only waits, and the standby it forks inherits
+            // its priority.
+            self.system.give(Policy::IDLE, self.chain[index].pid);
+            self.request_fork(index)?;
+        }
+        Ok(())
+    }
+
+    /// Asks checkpoint `index` to fork its next child — one that runs at
+    /// once if the program is starting there, a standby otherwise — unless
+    /// one is there or on its way (one command outstanding at most).
+    fn request_fork(&mut self, index: usize) -> anyhow::Result<()> {
+        let starting = self.program == Program::Starting { at: index };
+        let checkpoint = &mut self.chain[index];
+        if checkpoint.next != Next::Nothing {
+            return Ok(());
+        }
+        checkpoint.next = Next::Forking { stale: false };
+        let pid = checkpoint.pid;
+        let command = if starting {
+            self.system.arm_next_child(pid)?;
+            CMD_FORK
+        } else {
+            CMD_FORK_STANDBY
+        };
+        if self.system.is_connected(pid) {
+            self.system.send(pid, command)?;
+        } else {
+            warn!("checkpoint {pid} is gone");
+        }
+        Ok(())
+    }
+
+    /// A change is seen: stop the program below the earliest checkpoint
+    /// concerned at once, and resume once the delays have passed (even if
+    /// the files turn out unchanged: what ran is gone).
+    pub fn on_watch_event(&mut self, event: WatchEvent) -> anyhow::Result<()> {
+        match event {
+            WatchEvent::Touched(files) => match self.earliest_of(&files) {
+                Some(index) => self.stop_below(index),
+                None => Ok(()),
+            },
+            WatchEvent::Imminent => self.prime_resume(Due::Soon),
+            WatchEvent::Changed(files) => {
+                let stopped = match self.program {
+                    Program::Stopped(stop) => Some(stop.at),
+                    _ => None,
+                };
+                match self.earliest_of(&files).into_iter().chain(stopped).min() {
+                    Some(index) => self.resume_from(index),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The earliest checkpoint made at one of `files`.
+    fn earliest_of(&self, files: &[PathBuf]) -> Option<usize> {
+        self.chain.iter().position(|c| files.contains(&c.file))
+    }
+
+    /// Kills everything below checkpoint `index` without waiting for it to
+    /// exit: first what runs the program, then the later checkpoints and
+    /// their standbys. Called as soon as a change is seen, so the exits
+    /// overlap the restart delay; [`resume_from`](Self::resume_from) then
+    /// waits for what is left.
+    fn stop_below(&mut self, index: usize) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let running = match self.program {
+            Program::Stopped(stop) if stop.at <= index => return Ok(()),
+            Program::Stopped(stop) => stop.running,
+            Program::Running { pid, group } => {
+                self.system.kill_now(group)?;
+                forget(&mut self.system, &mut self.registered, pid);
+                Some(group)
+            }
+            Program::Starting { at } => {
+                // Its child may not have registered yet (it is in the
+                // checkpoint's own group until then).
+                if let Next::Forking { stale } = &mut self.chain[at].next {
+                    *stale |= at == index;
+                }
+                None
+            }
+            Program::Gone => return Ok(()),
+        };
+        let below = self.chain[index].below.take().map(|(child, group)| {
+            forget(&mut self.system, &mut self.registered, child);
+            group
+        });
+        if let Some(group) = below {
+            self.system.kill_in_background(group)?;
+        }
+        debug!(
+            "killed the program below {} in {:?}",
+            self.chain[index].pid,
+            started.elapsed()
+        );
+        self.program = Program::Stopped(Stop {
+            at: index,
+            running,
+            below,
+            prime: Prime::NotYet,
+        });
+        self.cut_chain(index + 1);
+        Ok(())
+    }
+
+    /// The resume is due within [`EVALUATION_LEAD`]: do now what can be
+    /// done before it. Tell the standby of the stopped checkpoint, so that
+    /// it polls for "go" rather than sleeps, and give it what it needs to
+    /// run (the program's priority, the signal); say which file changed;
+    /// and check whether what was killed is gone (the first look at a
+    /// cgroup not prepared ahead costs ~30 µs).
+    ///
+    /// When the resume is due now and nothing killed is left to wait for,
+    /// the standby is not told to poll: "go" follows at once, and a polling
+    /// standby woken on this CPU would only take it from forkmon (~20 µs,
+    /// traced).
+    fn prime_resume(&mut self, due: Due) -> anyhow::Result<()> {
+        let Program::Stopped(mut stop) = self.program else {
+            return Ok(());
+        };
+        if stop.prime != Prime::NotYet {
+            return Ok(());
+        }
+        stop.prime = Prime::Done;
+        let checkpoint = &self.chain[stop.at];
+        self.report.changed(&checkpoint.file);
+        for group in [&mut stop.running, &mut stop.below] {
+            if let Some(g) = *group
+                && self.system.wait_empty(g, Duration::ZERO).unwrap_or(false)
+            {
+                *group = None;
+            }
+        }
+        let (policy, next) = (checkpoint.policy, checkpoint.next);
+        self.program = Program::Stopped(stop);
+        if due == Due::Now && stop.running.is_none() && stop.below.is_none() {
+            return Ok(());
+        }
+        let Next::Standby(standby) = next else {
+            return Ok(());
+        };
+        if !self.system.is_connected(standby) {
+            return Ok(());
+        }
+        self.system.give(policy, standby);
+        self.system.arm(standby)?;
+        let budget = (EVALUATION_LEAD + STANDBY_SPIN_MARGIN).as_micros() as u64;
+        self.system.send(standby, stub::spin_command(budget))?;
+        stop.prime = Prime::Spinning(standby);
+        self.program = Program::Stopped(stop);
+        Ok(())
+    }
+
+    /// Kill everything below checkpoint `index` (if not done yet) and run
+    /// its standby, or the next child it forks if none is ready.
+    ///
+    /// What ran the program is waited for, so that what it held (a port,
+    /// a lock) is free before the program runs again. The frozen
+    /// checkpoints and standbys below are waited for only briefly: they
+    /// run nothing, and thousands of them take long to exit.
+    fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
+        self.stop_below(index)?;
+        // Without a delay nothing was imminent: prime now, so that the
+        // standby wakes while the killed program exits.
+        self.prime_resume(Due::Now)?;
+        let Program::Stopped(stop) = self.program else {
+            return Ok(()); // nothing left to resume from
+        };
+        let started = std::time::Instant::now();
+        if let Some(group) = stop.running {
+            match self.system.wait_empty(group, KILL_TIMEOUT) {
+                Ok(true) => {}
+                // SIGKILLed processes run no more code of theirs; a slow
+                // exit (a loaded machine) must not stop the resume.
+                Ok(false) => warn!("the program is still exiting after SIGKILL"),
+                Err(e) => warn!("{e}"),
+            }
+        }
+        if let Some(group) = stop.below {
+            let _ = self.system.wait_empty(group, FROZEN_GRACE);
+        }
+        let at = stop.at;
+        debug!(
+            "stopped the program below {} in {:?}",
+            self.chain[at].pid,
+            started.elapsed()
+        );
+        let result = match self.chain[at].next {
+            Next::Standby(standby) => {
+                self.chain[at].next = Next::Nothing;
+                let start = if stop.prime == Prime::Spinning(standby) {
+                    Start::Primed
+                } else {
+                    Start::Go
+                };
+                self.run_child(at, standby, start)
+            }
+            Next::Nothing | Next::Forking { .. } => {
+                // Its fork is on the resume's path now (or on its way: the
+                // child it forks runs once it registers).
+                debug!("no standby ready at checkpoint {at}: forking one");
+                let checkpoint = &self.chain[at];
+                self.system.give(checkpoint.policy, checkpoint.pid);
+                self.program = Program::Starting { at };
+                self.request_fork(at)
+            }
+        };
+        // Killed groups already empty, from this resume or earlier ones.
+        self.system.reap_empty();
+        result
+    }
+
+    /// The target exited (forkmon reaped it). Returns how the program
+    /// ended for good, if it has: no checkpoint is left to resume from.
+    pub fn on_target_exit(&mut self, code: i32) -> Option<Ended> {
+        forget(&mut self.system, &mut self.registered, self.target);
+        let code = code as u8;
+        if self.checkpoints_died {
+            // The first checkpoint (the target itself) was killed.
+            self.report
+                .warn("the program's first checkpoint was killed from outside; stopping");
+            return Some(Ended::CheckpointsDied(code));
+        }
+        if self.chain.is_empty() {
+            self.report
+                .exited_for_good(code as i32, &self.filter.describe());
+            return Some(Ended::Exited(code));
+        }
+        // The first checkpoint itself died: nothing is left to resume.
+        self.report
+            .warn("the program's first checkpoint died; stopping");
+        Some(Ended::CheckpointsDied(code))
+    }
+
+    pub fn target(&self) -> i32 {
+        self.target
+    }
+
+    /// forkmon's exit status when `signal` ends it: the program's last.
+    pub fn exit_status(&self, signal: i32) -> u8 {
+        match self.last_status {
+            Some(status) => wait_status_code(status),
+            None => 128 + signal as u8,
+        }
+    }
+}
+
+/// Drops `pid`'s command channel: it is gone, or about to be.
+fn forget(system: &mut impl System, registered: &mut HashSet<i32>, pid: i32) {
+    if registered.remove(&pid) {
+        system.disconnect(pid);
+    }
+}
+
+/// A raw wait status as a shell's exit code.
+fn wait_status_code(status: i32) -> u8 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u8
+    } else {
+        128 + libc::WTERMSIG(status) as u8
+    }
+}
+
+/// Whether `ancestor` is `pid`'s parent, grandparent, …
+fn descends_from(kernel: &impl Kernel, mut pid: i32, ancestor: i32) -> bool {
+    for _ in 0..64 {
+        let Some(parent) = kernel.alive_parent(pid) else {
+            return false;
+        };
+        if parent == ancestor {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        pid = parent;
+    }
+    false
+}

@@ -1,0 +1,684 @@
+//! Each transition of the supervisor, through a [`System`] that records
+//! what would have been done to the world: no root, no kernel.
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use forkmon_common::{
+    open_syscall,
+    stub::{self, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, StubMessage},
+};
+
+use super::*;
+use crate::channel::Sender;
+
+/// What the supervisor did, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Did {
+    Sent(i32, u64),
+    Armed(i32),
+    ArmedNextChild(i32),
+    KeptNextChildUnarmed(i32),
+    NewGroup { group: u32, parent: u32 },
+    Moved(u32, i32),
+    KilledNow(u32),
+    KilledInBackground(u32),
+    Killed(i32),
+    Watched(PathBuf),
+    Unwatched(PathBuf),
+}
+
+const USER: u32 = 1000;
+const TARGET: i32 = 100;
+
+/// The world as the supervisor sees it: a tree of live processes (pid →
+/// parent), groups numbered from 0 (the target's), regular files.
+struct FakeSystem {
+    did: Vec<Did>,
+    alive: HashMap<i32, i32>,
+    connected: HashSet<i32>,
+    groups: u32,
+    members: HashMap<u32, Vec<i32>>,
+    /// Groups that still hold processes when asked.
+    busy: HashSet<u32>,
+    threads: HashMap<i32, usize>,
+    /// What the program's fds are: absent, not a regular file.
+    regular: bool,
+    watch_error: bool,
+}
+
+impl FakeSystem {
+    fn new() -> FakeSystem {
+        FakeSystem {
+            did: Vec::new(),
+            alive: HashMap::from([(TARGET, 1)]),
+            connected: HashSet::new(),
+            groups: 1,
+            members: HashMap::from([(0, vec![TARGET])]),
+            busy: HashSet::new(),
+            threads: HashMap::new(),
+            regular: true,
+            watch_error: false,
+        }
+    }
+
+    /// Commands sent to `pid`, in order.
+    fn sent_to(&self, pid: i32) -> Vec<u64> {
+        self.did
+            .iter()
+            .filter_map(|d| match d {
+                Did::Sent(to, command) if *to == pid => Some(*command),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Kernel for FakeSystem {
+    fn in_tree(&self, pid: i32) -> bool {
+        // The program's tree: the target and the pids after it.
+        self.alive.contains_key(&pid) && pid >= TARGET
+    }
+
+    fn alive_parent(&self, pid: i32) -> Option<i32> {
+        self.alive.get(&pid).copied()
+    }
+}
+
+impl System for FakeSystem {
+    type Group = u32;
+
+    fn connect(&mut self, pid: i32, _eventfd: OwnedFd) {
+        self.connected.insert(pid);
+    }
+
+    fn disconnect(&mut self, pid: i32) {
+        self.connected.remove(&pid);
+    }
+
+    fn is_connected(&self, pid: i32) -> bool {
+        self.connected.contains(&pid)
+    }
+
+    fn send(&mut self, pid: i32, command: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(self.connected.contains(&pid), "{pid} is not connected");
+        self.did.push(Did::Sent(pid, command));
+        Ok(())
+    }
+
+    fn arm(&mut self, pid: i32) -> anyhow::Result<()> {
+        self.did.push(Did::Armed(pid));
+        Ok(())
+    }
+
+    fn arm_next_child(&mut self, pid: i32) -> anyhow::Result<()> {
+        self.did.push(Did::ArmedNextChild(pid));
+        Ok(())
+    }
+
+    fn keep_next_child_unarmed(&mut self, pid: i32) -> anyhow::Result<()> {
+        self.did.push(Did::KeptNextChildUnarmed(pid));
+        Ok(())
+    }
+
+    fn new_group(&mut self, parent: u32) -> anyhow::Result<u32> {
+        let group = self.groups;
+        self.groups += 1;
+        self.did.push(Did::NewGroup { group, parent });
+        Ok(group)
+    }
+
+    fn move_into(&mut self, group: u32, pid: i32) -> anyhow::Result<()> {
+        for members in self.members.values_mut() {
+            members.retain(|&p| p != pid);
+        }
+        self.members.entry(group).or_default().push(pid);
+        self.did.push(Did::Moved(group, pid));
+        Ok(())
+    }
+
+    fn members(&self, group: u32) -> anyhow::Result<Vec<i32>> {
+        Ok(self.members.get(&group).cloned().unwrap_or_default())
+    }
+
+    fn kill_now(&mut self, group: u32) -> anyhow::Result<()> {
+        self.did.push(Did::KilledNow(group));
+        Ok(())
+    }
+
+    fn kill_in_background(&mut self, group: u32) -> anyhow::Result<()> {
+        self.did.push(Did::KilledInBackground(group));
+        Ok(())
+    }
+
+    fn wait_empty(&mut self, group: u32, _timeout: Duration) -> anyhow::Result<bool> {
+        Ok(!self.busy.contains(&group))
+    }
+
+    fn prepare(&mut self, _group: u32) {}
+
+    fn reap_empty(&mut self) {}
+
+    fn kill(&mut self, pid: i32) {
+        self.alive.remove(&pid);
+        self.did.push(Did::Killed(pid));
+    }
+
+    fn opened_file(&self, _pid: i32, fd: i64) -> Option<Identity> {
+        self.regular.then_some(Identity {
+            dev: 1,
+            ino: fd as u64,
+            size: 4,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        })
+    }
+
+    fn threads(&self, pid: i32) -> usize {
+        self.threads.get(&pid).copied().unwrap_or(1)
+    }
+
+    fn policy(&self, _pid: i32) -> Policy {
+        Policy::NORMAL
+    }
+
+    fn give(&mut self, _policy: Policy, _pid: i32) {}
+
+    fn watch(&mut self, file: &Path, _baseline: Option<Identity>) -> Result<(), WatchError> {
+        if self.watch_error {
+            return Err(WatchError::WatchLimit {
+                dir: file.parent().unwrap().to_path_buf(),
+            });
+        }
+        self.did.push(Did::Watched(file.to_path_buf()));
+        Ok(())
+    }
+
+    fn unwatch(&mut self, file: &Path) {
+        self.did.push(Did::Unwatched(file.to_path_buf()));
+    }
+}
+
+fn eventfd() -> OwnedFd {
+    // SAFETY: eventfd returns a new fd we own, or -1 (checked).
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: just created, owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A supervisor of `TARGET`, registered and running, filter: `/w/**`.
+fn supervisor() -> Supervisor<FakeSystem> {
+    let cwd = Path::new("/w");
+    let options = Options {
+        filter: Filter::new(&["/w/**".to_string()], None, cwd).unwrap(),
+        report: Reporter::new(true, false),
+        no_standby: false,
+        program_uid: USER,
+    };
+    let mut s = Supervisor::new(FakeSystem::new(), options, TARGET, 0);
+    s.message(TARGET, StubMessage::Hello { pid: TARGET });
+    s
+}
+
+impl Supervisor<FakeSystem> {
+    /// `message` sent by `sender`, with an eventfd.
+    fn message(&mut self, sender: i32, message: StubMessage) {
+        self.on_registration(Registration {
+            message: message.encode(),
+            eventfd: Some(eventfd()),
+            sender: Some(Sender {
+                pid: sender,
+                uid: USER,
+            }),
+        })
+        .unwrap();
+    }
+
+    /// `pid` opened `/w/NAME` as fd 3 and waits for the verdict.
+    fn opens(&mut self, pid: i32, name: &str) {
+        self.on_candidate(Candidate {
+            pid,
+            fd: 3,
+            syscall: open_syscall::OPENAT,
+            path: Some(Path::new("/w").join(name)),
+        })
+        .unwrap();
+    }
+
+    /// `parent` forked `child`, which registers: running at once or waiting.
+    fn forks(&mut self, parent: i32, child: i32, waits: bool) {
+        self.system.alive.insert(child, parent);
+        let group = self
+            .system
+            .members
+            .iter()
+            .find(|(_, m)| m.contains(&parent))
+            .map(|(g, _)| *g)
+            .unwrap();
+        self.system.members.get_mut(&group).unwrap().push(child);
+        self.message(
+            child,
+            StubMessage::Child {
+                pid: child,
+                checkpoint: parent,
+                fd: 3,
+                waits,
+            },
+        );
+    }
+
+    /// Checkpoint `checkpoint` reaped its child `pid`.
+    fn exited(&mut self, checkpoint: i32, pid: i32, status: i32) {
+        self.system.alive.remove(&pid);
+        self.message(
+            checkpoint,
+            StubMessage::Exited {
+                pid,
+                checkpoint,
+                status,
+            },
+        );
+    }
+
+    fn changed(&mut self, name: &str) {
+        let files = vec![Path::new("/w").join(name)];
+        self.on_watch_event(WatchEvent::Touched(files.clone()))
+            .unwrap();
+        self.on_watch_event(WatchEvent::Changed(files)).unwrap();
+    }
+
+    fn take_did(&mut self) -> Vec<Did> {
+        std::mem::take(&mut self.system.did)
+    }
+}
+
+fn checkpoint_command() -> u64 {
+    stub::checkpoint_command(open_syscall::OPENAT)
+}
+
+#[test]
+fn the_target_is_armed_and_let_go_when_it_registers() {
+    let mut s = supervisor();
+    assert_eq!(
+        s.take_did(),
+        [Did::Armed(TARGET), Did::Sent(TARGET, CMD_GO)]
+    );
+    assert_eq!(
+        s.program,
+        Program::Running {
+            pid: TARGET,
+            group: 0
+        }
+    );
+}
+
+#[test]
+fn a_matching_open_becomes_a_checkpoint_whose_child_runs_in_its_own_group() {
+    let mut s = supervisor();
+    s.take_did();
+    s.opens(TARGET, "a.txt");
+    assert_eq!(
+        s.take_did(),
+        [
+            Did::Sent(TARGET, checkpoint_command()),
+            Did::Watched("/w/a.txt".into())
+        ]
+    );
+    assert_eq!(s.program, Program::Starting { at: 0 });
+    // The child forked (early) runs at once.
+    s.forks(TARGET, 101, false);
+    assert_eq!(
+        s.take_did(),
+        [
+            Did::NewGroup {
+                group: 1,
+                parent: 0
+            },
+            Did::Moved(1, 101)
+        ]
+    );
+    assert_eq!(s.program, Program::Running { pid: 101, group: 1 });
+    assert_eq!(s.chain[0].below, Some((101, 1)));
+}
+
+#[test]
+fn an_open_that_does_not_match_or_is_not_a_regular_file_is_let_go() {
+    let mut s = supervisor();
+    s.take_did();
+    s.on_candidate(Candidate {
+        pid: TARGET,
+        fd: 3,
+        syscall: open_syscall::OPENAT,
+        path: Some("/elsewhere/a.txt".into()),
+    })
+    .unwrap();
+    s.system.regular = false;
+    s.opens(TARGET, "fifo");
+    let let_go = [Did::KeptNextChildUnarmed(TARGET), Did::Sent(TARGET, CMD_GO)];
+    assert_eq!(s.take_did(), [let_go.clone(), let_go].concat());
+    assert!(s.chain.is_empty());
+}
+
+#[test]
+fn each_file_is_a_checkpoint_once_and_only_the_program_checkpoints() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.take_did();
+    s.opens(101, "a.txt");
+    // A subprocess of the program, registered: observed only.
+    s.system.alive.insert(200, 101);
+    s.message(200, StubMessage::Hello { pid: 200 });
+    s.opens(200, "b.txt");
+    let did = s.take_did();
+    assert!(!did.contains(&Did::Armed(200)), "{did:?}");
+    assert!(
+        did.iter()
+            .all(|d| !matches!(d, Did::Sent(_, c) if *c == checkpoint_command())),
+        "{did:?}"
+    );
+    assert_eq!(s.chain.len(), 1);
+}
+
+#[test]
+fn a_process_with_threads_is_not_checkpointed() {
+    let mut s = supervisor();
+    s.system.threads.insert(TARGET, 3);
+    s.opens(TARGET, "a.txt");
+    assert!(s.chain.is_empty());
+    assert!(s.warned_threads);
+}
+
+#[test]
+fn an_open_before_the_registration_is_answered_after_it() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.take_did();
+    // The child's own candidate open arrives before its registration.
+    s.system.alive.insert(101, TARGET);
+    s.opens(101, "b.txt");
+    assert_eq!(s.take_did(), []);
+    s.system.alive.remove(&101);
+    s.forks(TARGET, 101, false);
+    let did = s.take_did();
+    assert!(
+        did.contains(&Did::Sent(101, checkpoint_command())),
+        "answered once registered: {did:?}"
+    );
+    assert_eq!(s.chain.len(), 2);
+}
+
+/// Target checkpointed at a.txt, its child 101 ran and exited; the
+/// checkpoint's standby 102 waits.
+fn idle_with_a_standby() -> Supervisor<FakeSystem> {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.exited(TARGET, 101, 0);
+    assert_eq!(s.last_status, Some(0));
+    assert_eq!(
+        s.sent_to_last(TARGET),
+        CMD_FORK_STANDBY,
+        "standby asked for"
+    );
+    s.forks(TARGET, 102, true);
+    assert_eq!(s.chain[0].next, Next::Standby(102));
+    s.take_did();
+    s
+}
+
+impl Supervisor<FakeSystem> {
+    fn sent_to_last(&self, pid: i32) -> u64 {
+        *self.system.sent_to(pid).last().expect("a command")
+    }
+}
+
+#[test]
+fn a_change_resumes_from_the_standby() {
+    let mut s = idle_with_a_standby();
+    s.changed("a.txt");
+    let did = s.take_did();
+    assert_eq!(
+        did,
+        [
+            Did::KilledNow(1),
+            Did::KilledInBackground(1),
+            Did::Armed(102),
+            Did::Sent(102, CMD_GO),
+            Did::NewGroup {
+                group: 2,
+                parent: 0
+            },
+            Did::Moved(2, 102),
+        ]
+    );
+    assert_eq!(s.program, Program::Running { pid: 102, group: 2 });
+    assert_eq!(s.chain[0].next, Next::Nothing);
+}
+
+#[test]
+fn a_standby_is_told_to_poll_when_the_resume_is_imminent() {
+    let mut s = idle_with_a_standby();
+    // The killed program is still exiting.
+    s.system.busy.insert(1);
+    let file = vec![PathBuf::from("/w/a.txt")];
+    s.on_watch_event(WatchEvent::Touched(file.clone())).unwrap();
+    s.on_watch_event(WatchEvent::Imminent).unwrap();
+    let spin = s.sent_to_last(102);
+    assert!(stub::spin_budget_us(spin) > 0, "{spin:#x}");
+    assert!(s.take_did().contains(&Did::Armed(102)), "armed when primed");
+    assert!(matches!(
+        s.program,
+        Program::Stopped(Stop {
+            prime: Prime::Spinning(102),
+            ..
+        })
+    ));
+    s.system.busy.clear();
+    s.on_watch_event(WatchEvent::Changed(file)).unwrap();
+    assert_eq!(s.sent_to_last(102), CMD_GO);
+    let did = s.take_did();
+    assert!(!did.contains(&Did::Armed(102)), "armed once: {did:?}");
+}
+
+#[test]
+fn a_resume_without_a_standby_forks_one_that_runs() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.take_did();
+    // Still running: no standby prepared.
+    s.changed("a.txt");
+    assert_eq!(s.program, Program::Starting { at: 0 });
+    assert_eq!(s.sent_to_last(TARGET), CMD_FORK);
+    assert!(s.take_did().contains(&Did::ArmedNextChild(TARGET)));
+    s.forks(TARGET, 102, false);
+    assert_eq!(s.program, Program::Running { pid: 102, group: 2 });
+}
+
+#[test]
+fn a_resume_while_a_standby_is_forking_runs_it_when_it_registers() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.exited(TARGET, 101, 0);
+    // The standby is asked for; the change comes before it registers.
+    s.changed("a.txt");
+    assert_eq!(s.program, Program::Starting { at: 0 });
+    assert_eq!(s.system.sent_to(TARGET).last(), Some(&CMD_FORK_STANDBY));
+    s.take_did();
+    s.forks(TARGET, 102, true);
+    assert_eq!(s.sent_to_last(102), CMD_GO, "a waiting child is told to go");
+    assert_eq!(s.program, Program::Running { pid: 102, group: 2 });
+}
+
+#[test]
+fn a_change_during_the_checkpoint_kills_its_child_that_ran_old_content() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    // The file changes before the first child registered: it may have
+    // read the old content.
+    let file = vec![PathBuf::from("/w/a.txt")];
+    s.on_watch_event(WatchEvent::Touched(file.clone())).unwrap();
+    assert!(matches!(s.program, Program::Stopped(Stop { at: 0, .. })));
+    assert_eq!(s.chain[0].next, Next::Forking { stale: true });
+    s.take_did();
+    s.forks(TARGET, 101, false);
+    assert_eq!(
+        s.take_did(),
+        [Did::Killed(101), Did::Sent(TARGET, CMD_FORK_STANDBY)],
+        "killed, and a standby for the resume"
+    );
+    s.forks(TARGET, 102, true);
+    s.on_watch_event(WatchEvent::Changed(file)).unwrap();
+    assert_eq!(s.sent_to_last(102), CMD_GO);
+    assert_eq!(s.program, Program::Running { pid: 102, group: 1 });
+}
+
+#[test]
+fn a_change_resumes_from_the_earliest_checkpoint_and_forgets_the_later_ones() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.opens(101, "b.txt");
+    s.forks(101, 102, false);
+    assert_eq!(s.chain.len(), 2);
+    s.take_did();
+    s.changed("a.txt");
+    let did = s.take_did();
+    assert!(did.contains(&Did::Unwatched("/w/b.txt".into())), "{did:?}");
+    assert!(did.contains(&Did::KilledInBackground(1)), "{did:?}");
+    assert_eq!(s.chain.len(), 1);
+    assert!(!s.system.is_connected(101) && !s.system.is_connected(102));
+}
+
+#[test]
+fn a_failed_first_fork_leaves_the_program_running_as_it_was() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.take_did();
+    s.message(
+        TARGET,
+        StubMessage::Failed {
+            pid: TARGET,
+            fd: 3,
+            errno: libc::EAGAIN,
+            gave_up: true,
+        },
+    );
+    assert_eq!(
+        s.take_did(),
+        [Did::Armed(TARGET), Did::Unwatched("/w/a.txt".into())]
+    );
+    assert!(s.chain.is_empty());
+    assert_eq!(
+        s.program,
+        Program::Running {
+            pid: TARGET,
+            group: 0
+        }
+    );
+}
+
+#[test]
+fn a_failed_standby_fork_is_forgotten_and_the_next_resume_forks() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.exited(TARGET, 101, 0);
+    s.message(
+        TARGET,
+        StubMessage::Failed {
+            pid: TARGET,
+            fd: 3,
+            errno: libc::ENOMEM,
+            gave_up: false,
+        },
+    );
+    assert_eq!(s.chain[0].next, Next::Nothing);
+    s.changed("a.txt");
+    assert_eq!(s.sent_to_last(TARGET), CMD_FORK);
+}
+
+#[test]
+fn a_standby_killed_from_outside_is_replaced() {
+    let mut s = idle_with_a_standby();
+    s.exited(TARGET, 102, libc::SIGKILL);
+    assert_eq!(s.chain[0].next, Next::Forking { stale: false });
+    assert_eq!(s.sent_to_last(TARGET), CMD_FORK_STANDBY);
+}
+
+#[test]
+fn a_checkpoint_killed_from_outside_cuts_the_chain_and_says_so() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.opens(101, "b.txt");
+    s.forks(101, 102, false);
+    s.on_exit(101);
+    assert_eq!(s.chain.len(), 1);
+    assert!(s.checkpoints_died);
+    s.on_exit(TARGET);
+    assert!(s.chain.is_empty());
+    assert_eq!(s.program, Program::Gone);
+    // Reaped afterwards: not "exited before opening any file".
+    assert_eq!(s.on_target_exit(137), Some(Ended::CheckpointsDied(137)));
+}
+
+#[test]
+fn the_target_exiting_without_a_checkpoint_ends_the_run() {
+    let mut s = supervisor();
+    assert_eq!(s.on_target_exit(3), Some(Ended::Exited(3)));
+}
+
+#[test]
+fn a_watch_that_fails_leaves_the_checkpoint_running() {
+    let mut s = supervisor();
+    s.system.watch_error = true;
+    s.opens(TARGET, "a.txt");
+    assert_eq!(s.sent_to_last(TARGET), checkpoint_command());
+    s.forks(TARGET, 101, false);
+    assert_eq!(s.program, Program::Running { pid: 101, group: 1 });
+}
+
+#[test]
+fn without_standbys_nothing_is_forked_while_idle() {
+    let mut s = supervisor();
+    s.no_standby = true;
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.take_did();
+    s.exited(TARGET, 101, 0);
+    assert_eq!(s.take_did(), []);
+}
+
+#[test]
+fn a_forged_message_changes_nothing() {
+    let mut s = idle_with_a_standby();
+    let before = (s.chain[0].next, s.program);
+    // A process of the tree claims an outside pid as the checkpoint's child.
+    s.system.alive.insert(1, 0);
+    s.message(
+        102,
+        StubMessage::Child {
+            pid: 1,
+            checkpoint: TARGET,
+            fd: 3,
+            waits: false,
+        },
+    );
+    assert_eq!((s.chain[0].next, s.program), before);
+    assert_eq!(s.take_did(), []);
+}
+
+#[test]
+fn ctrl_c_exits_with_the_programs_last_status() {
+    let s = idle_with_a_standby();
+    assert_eq!(s.exit_status(libc::SIGINT), 0);
+    let fresh = supervisor();
+    assert_eq!(fresh.exit_status(libc::SIGINT), 128 + libc::SIGINT as u8);
+}
