@@ -18,6 +18,7 @@ mod priority;
 mod procfs;
 mod run;
 mod supervisor;
+mod target;
 mod trace;
 mod watcher;
 

@@ -18,7 +18,6 @@ use nix::{
     sys::wait::{WaitPidFlag, WaitStatus, waitpid},
     unistd::Pid,
 };
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroup::Session,
@@ -29,8 +28,8 @@ use crate::{
     launcher::{self, TargetUser},
     loader::Probes,
     output::Reporter,
-    paths::PathResolver,
     supervisor::{Candidate, Ended, Options, Supervisor, live::LiveSystem},
+    target::{Signals, Target},
     watcher::{Delays, Watcher},
 };
 
@@ -60,10 +59,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         Registrations::new().context("cannot create the stub socket")?;
     let library = stub_memfd()?;
 
-    let mut sigchld = signal(SignalKind::child())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let mut signals = Signals::new()?;
     // Orphans of killed subtrees are reparented to us, not to init.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
@@ -87,17 +83,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         env,
         inherit: vec![library.as_raw_fd(), target_end.as_raw_fd()],
     };
-    let paused = launcher::spawn_paused(&args.program.argv, &setup)?;
-    let target = paused.pid().as_raw();
     let root = session.root();
-    session
-        .add_process(root, target)
-        .context("cannot move the program into its cgroup")?;
-    probes.track(target as u32)?;
-    if let Err(e) = paused.release() {
-        probes.untrack(target as u32);
-        return Err(e.into());
-    }
+    let mut target = Target::launch(&mut probes, &args.program.argv, &setup, |pid| {
+        session
+            .add_process(root, pid.as_raw())
+            .context("cannot move the program into its cgroup")
+    })?;
     // The tree holds its own copies now.
     drop(target_end);
     drop(library);
@@ -113,8 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         program_uid,
     };
     let system = LiveSystem::new(probes, session, watcher);
-    let mut supervisor = Supervisor::new(system, options, target, root);
-    let mut paths = PathResolver::new(target as u32, cwd);
+    let mut supervisor = Supervisor::new(system, options, target.pid.as_raw(), root);
 
     let status = loop {
         tokio::select! {
@@ -123,7 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 let mut records = Vec::new();
                 events.drain(|record| records.push(owned(record)));
                 for record in records {
-                    on_record(&mut supervisor, &mut paths, record)?;
+                    on_record(&mut supervisor, &mut target, record)?;
                 }
             }
             ready = registrations.readable() => {
@@ -135,16 +125,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             event = supervisor.system.watcher.next_event() => {
                 supervisor.on_watch_event(event?)?;
             }
-            _ = sigchld.recv() => {
+            _ = signals.child.recv() => {
                 if let Some(ended) = reap(&mut supervisor)? {
                     break match ended {
                         Ended::Exited(code) | Ended::CheckpointsDied(code) => code,
                     };
                 }
             }
-            _ = sigint.recv() => break supervisor.exit_status(libc::SIGINT),
-            _ = sigterm.recv() => break supervisor.exit_status(libc::SIGTERM),
-            _ = sighup.recv() => break supervisor.exit_status(libc::SIGHUP),
+            _ = signals.interrupt.recv() => break supervisor.exit_status(libc::SIGINT),
+            _ = signals.terminate.recv() => break supervisor.exit_status(libc::SIGTERM),
+            _ = signals.hangup.recv() => break supervisor.exit_status(libc::SIGHUP),
         }
     };
     let program = supervisor.program_group();
@@ -183,21 +173,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 /// candidate the supervisor must answer.
 fn on_record(
     supervisor: &mut Supervisor<LiveSystem>,
-    paths: &mut PathResolver,
+    target: &mut Target,
     record: Owned,
 ) -> anyhow::Result<()> {
     match record {
-        Owned::Process(process) => match process.kind {
-            record_kind::FORK => paths.on_fork(process.pid, process.ppid),
-            record_kind::CHDIR => paths.on_chdir(process.pid),
-            record_kind::EXIT => {
-                paths.on_exit(process.pid);
+        Owned::Process(process) => {
+            target.on_process(&process);
+            if process.kind == record_kind::EXIT {
                 supervisor.on_exit(process.pid as i32);
             }
-            _ => {}
-        },
+        }
         Owned::Open(open) => {
-            let path = paths.resolve(&open);
+            let path = target.resolve(&open);
             if open.signalled != 0 {
                 supervisor.on_candidate(Candidate {
                     pid: open.tgid as i32,

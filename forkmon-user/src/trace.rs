@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use forkmon_common::{Record, record_kind};
+use forkmon_common::Record;
 use log::warn;
 use nix::{
     sys::{
@@ -15,10 +15,7 @@ use nix::{
     },
     unistd::Pid,
 };
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
     cli::TraceArgs,
@@ -26,7 +23,7 @@ use crate::{
     launcher::{self, TargetUser},
     loader::{Losses, Probes},
     output::OpenLine,
-    paths::PathResolver,
+    target::{Signals, Target},
 };
 
 /// How long a program gets to exit after forkmon is interrupted before
@@ -47,32 +44,20 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
         Some(logger) => Some(poll_fd(logger).context("cannot poll the eBPF log")?),
         None => None,
     };
-    // Before the fork, so the child's exit cannot slip by unnoticed.
-    let mut sigchld = signal(SignalKind::child())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-
+    let mut signals = Signals::new()?;
     let setup = launcher::Setup {
         user: user.as_ref(),
         ..Default::default()
     };
-    let paused = launcher::spawn_paused(&args.program.argv, &setup)?;
-    let pid = paused.pid();
-    probes.track(pid.as_raw() as u32)?;
-    let start_ns = monotonic_ns();
-    if let Err(e) = paused.release() {
-        probes.untrack(pid.as_raw() as u32);
-        return Err(e.into());
-    }
+    let mut target = Target::launch(&mut probes, &args.program.argv, &setup, |_| Ok(()))?;
+    let (pid, start_ns) = (target.pid, target.started_ns);
     if !args.json {
         let _ = writeln!(sink, "{}", OpenLine::header());
     }
 
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let mut paths = PathResolver::new(pid.as_raw() as u32, cwd);
     let mut print = |record: Record| match record {
         Record::Open(open) => {
-            let line = OpenLine::new(open, paths.resolve(open), start_ns);
+            let line = OpenLine::new(open, target.resolve(open), start_ns);
             let text = if args.json {
                 line.to_json()
             } else {
@@ -80,12 +65,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
             };
             let _ = writeln!(sink, "{text}");
         }
-        Record::Process(process) => match process.kind {
-            record_kind::FORK => paths.on_fork(process.pid, process.ppid),
-            record_kind::CHDIR => paths.on_chdir(process.pid),
-            record_kind::EXIT => paths.on_exit(process.pid),
-            _ => {}
-        },
+        Record::Process(process) => target.on_process(&process),
     };
     let mut deadline: Option<tokio::time::Instant> = None;
     let status = loop {
@@ -99,16 +79,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = sigchld.recv() => {
+            _ = signals.child.recv() => {
                 if let Some(status) = exit_status(pid)? {
                     break status;
                 }
             }
-            _ = sigint.recv() => {
+            _ = signals.interrupt.recv() => {
                 let _ = kill(pid, Signal::SIGINT);
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
             }
-            _ = sigterm.recv() => {
+            _ = signals.terminate.recv() => {
                 let _ = kill(pid, Signal::SIGTERM);
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
             }
@@ -173,11 +153,4 @@ fn report_losses(losses: Losses) {
             losses.tracked_full
         );
     }
-}
-
-/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always available");
-    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
