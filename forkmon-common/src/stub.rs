@@ -98,7 +98,11 @@ pub struct Message {
     /// Wait status (`MSG_EXITED`), errno (`MSG_FAILED`), or whether the
     /// child waits (`MSG_CHILD`).
     pub status: i32,
-    pub _pad: i32,
+    /// The number of the eventfd sent along (`MSG_HELLO`, `MSG_CHILD`) in
+    /// the registered process's own fd table: forkmon checks that the
+    /// process still holds it before it waits for an answer on it (a
+    /// program may close every fd it did not open itself).
+    pub eventfd: i32,
 }
 
 /// A registration-socket message, decoded: what each kind carries.
@@ -106,7 +110,7 @@ pub struct Message {
 pub enum StubMessage {
     /// A process started by forkmon (the target, or a program it execs)
     /// registered; it waits for "go".
-    Hello { pid: i32 },
+    Hello { pid: i32, eventfd: i32 },
     /// Checkpoint `checkpoint`'s new child `pid` registered: a standby that
     /// waits for "go" (`waits`), or a child that runs already.
     Child {
@@ -114,6 +118,7 @@ pub enum StubMessage {
         checkpoint: i32,
         fd: i32,
         waits: bool,
+        eventfd: i32,
     },
     /// Checkpoint `checkpoint` reaped its child `pid`; `status` is the raw
     /// wait status.
@@ -141,15 +146,16 @@ impl StubMessage {
             checkpoint,
             fd,
             status,
-            _pad,
+            eventfd,
         } = *message;
         Some(match kind {
-            MSG_HELLO => StubMessage::Hello { pid },
+            MSG_HELLO => StubMessage::Hello { pid, eventfd },
             MSG_CHILD => StubMessage::Child {
                 pid,
                 checkpoint,
                 fd,
                 waits: status != 0,
+                eventfd,
             },
             MSG_EXITED => StubMessage::Exited {
                 pid,
@@ -168,25 +174,26 @@ impl StubMessage {
 
     /// The wire form, as the stub sends it.
     pub fn encode(&self) -> Message {
-        let (kind, pid, checkpoint, fd, status) = match *self {
-            StubMessage::Hello { pid } => (MSG_HELLO, pid, 0, 0, 0),
+        let (kind, pid, checkpoint, fd, status, eventfd) = match *self {
+            StubMessage::Hello { pid, eventfd } => (MSG_HELLO, pid, 0, 0, 0, eventfd),
             StubMessage::Child {
                 pid,
                 checkpoint,
                 fd,
                 waits,
-            } => (MSG_CHILD, pid, checkpoint, fd, waits as i32),
+                eventfd,
+            } => (MSG_CHILD, pid, checkpoint, fd, waits as i32, eventfd),
             StubMessage::Exited {
                 pid,
                 checkpoint,
                 status,
-            } => (MSG_EXITED, pid, checkpoint, 0, status),
+            } => (MSG_EXITED, pid, checkpoint, 0, status, -1),
             StubMessage::Failed {
                 pid,
                 fd,
                 errno,
                 gave_up,
-            } => (MSG_FAILED, pid, gave_up as i32, fd, errno),
+            } => (MSG_FAILED, pid, gave_up as i32, fd, errno, -1),
         };
         Message {
             kind,
@@ -194,7 +201,7 @@ impl StubMessage {
             checkpoint,
             fd,
             status,
-            _pad: 0,
+            eventfd,
         }
     }
 }
@@ -206,18 +213,20 @@ mod tests {
     #[test]
     fn messages_survive_the_wire() {
         let all = [
-            StubMessage::Hello { pid: 7 },
+            StubMessage::Hello { pid: 7, eventfd: 5 },
             StubMessage::Child {
                 pid: 8,
                 checkpoint: 7,
                 fd: 3,
                 waits: true,
+                eventfd: 6,
             },
             StubMessage::Child {
                 pid: 9,
                 checkpoint: 7,
                 fd: 3,
                 waits: false,
+                eventfd: 6,
             },
             StubMessage::Exited {
                 pid: 8,

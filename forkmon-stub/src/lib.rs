@@ -108,21 +108,60 @@ unsafe fn init_unsafe() {
             return;
         }
     }
+    // SAFETY: fstat into a buffer we own.
+    unsafe {
+        let mut stat: libc::stat = zeroed();
+        if libc::fstat(socket, &mut stat) != 0 {
+            return;
+        }
+        SOCKET_INO.store(stat.st_ino, Ordering::Relaxed);
+    }
     let message = StubMessage::Hello {
         // SAFETY: getpid has no preconditions.
         pid: unsafe { libc::getpid() },
+        eventfd: -1,
     }
     .encode();
     // SAFETY: plain syscalls.
     unsafe {
-        if register(&message).is_some() {
+        if register(message).is_some() {
             wait_command();
         }
     }
 }
 
+/// The inode of the registration socket, and the identity of this
+/// process's eventfd: a program that closes every fd it did not open
+/// (`closefrom`, daemons) takes them away, and its fd numbers may then
+/// name other files.
+static SOCKET_INO: AtomicU64 = AtomicU64::new(0);
+static EVENTFD_ID: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Whether this process still holds its channels to forkmon. If not, it
+/// cannot be checkpointed, and forkmon (which checks the same) does not
+/// wait for it: the handler lets the open return at once.
+unsafe fn channels_intact() -> bool {
+    // SAFETY: fstat and fcntl into buffers we own, on fd numbers that may
+    // or may not be open.
+    unsafe {
+        let mut socket: libc::stat = zeroed();
+        if libc::fstat(SOCKET.load(Ordering::Relaxed), &mut socket) != 0
+            || socket.st_mode & libc::S_IFMT != libc::S_IFSOCK
+            || socket.st_ino != SOCKET_INO.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let eventfd = EVENTFD.load(Ordering::Relaxed);
+        let mut event: libc::stat = zeroed();
+        libc::fstat(eventfd, &mut event) == 0
+            && libc::fcntl(eventfd, libc::F_GETFD) & libc::FD_CLOEXEC != 0
+            && event.st_dev == EVENTFD_ID[0].load(Ordering::Relaxed)
+            && event.st_ino == EVENTFD_ID[1].load(Ordering::Relaxed)
+    }
+}
+
 /// Creates this process's eventfd and sends it with `message`; returns it.
-unsafe fn register(message: &Message) -> Option<i32> {
+unsafe fn register(mut message: Message) -> Option<i32> {
     // SAFETY: plain syscalls on fds we own.
     unsafe {
         let eventfd = libc::eventfd(0, libc::EFD_CLOEXEC);
@@ -134,7 +173,23 @@ unsafe fn register(message: &Message) -> Option<i32> {
             // The parent checkpoint's channel, inherited by the fork.
             libc::close(old);
         }
-        send(message, Some(eventfd)).then_some(eventfd)
+        note_eventfd(eventfd);
+        message.eventfd = eventfd;
+        send(&message, Some(eventfd)).then_some(eventfd)
+    }
+}
+
+/// Records what `eventfd` is, for [`channels_intact`]. (Every eventfd
+/// shares one anonymous inode: this tells an eventfd from a file the
+/// program opened at the same number.)
+unsafe fn note_eventfd(eventfd: i32) {
+    // SAFETY: fstat into a buffer we own.
+    unsafe {
+        let mut stat: libc::stat = zeroed();
+        if libc::fstat(eventfd, &mut stat) == 0 {
+            EVENTFD_ID[0].store(stat.st_dev, Ordering::Relaxed);
+            EVENTFD_ID[1].store(stat.st_ino, Ordering::Relaxed);
+        }
     }
 }
 
@@ -176,6 +231,13 @@ unsafe fn send(message: &Message, fd: Option<i32>) -> bool {
 /// Blocks until forkmon writes a command on this process's eventfd. If
 /// forkmon is gone, there is no one to wait for: exit.
 unsafe fn wait_command() -> u64 {
+    // SAFETY: reads our own eventfd; _exit is async-signal-safe.
+    unsafe { read_command().unwrap_or_else(|| libc::_exit(127)) }
+}
+
+/// The next command on this process's eventfd, blocking; `None` if the
+/// eventfd cannot be read (forkmon is gone, or the program closed it).
+unsafe fn read_command() -> Option<u64> {
     let mut value = 0u64;
     loop {
         // SAFETY: reading 8 bytes into a u64 from our eventfd.
@@ -187,14 +249,13 @@ unsafe fn wait_command() -> u64 {
             )
         };
         if got == 8 {
-            return value;
+            return Some(value);
         }
         // SAFETY: errno location is thread-local and always valid.
         if got < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
             continue;
         }
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(127) };
+        return None;
     }
 }
 
@@ -208,6 +269,10 @@ extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, context: *mut libc:
         let Some(fd) = opened_fd(context.cast()) else {
             return;
         };
+        if !channels_intact() {
+            // The program closed them: it runs on, observed only.
+            return;
+        }
         let saved_errno = *libc::__errno_location();
         let me = libc::getpid();
         // The fork is the slow part of a checkpoint: start it while forkmon
@@ -401,6 +466,7 @@ unsafe fn fork_early(me: i32) -> Early {
                 }
                 let parents = EVENTFD.swap(eventfd, Ordering::Relaxed);
                 libc::close(parents);
+                note_eventfd(eventfd);
                 if !wait_released() {
                     libc::_exit(0);
                 }
@@ -437,6 +503,7 @@ impl EarlyChild {
             checkpoint,
             fd,
             waits: false,
+            eventfd: self.eventfd,
         }
         .encode();
         // SAFETY: raw syscalls on our own fds.
@@ -580,6 +647,7 @@ unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool)
             checkpoint,
             fd,
             waits: standby,
+            eventfd: -1,
         }
         .encode();
         if standby {
@@ -588,7 +656,7 @@ unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool)
             prefault::prefault_mappings();
             prefault::copy_stack_pages();
         }
-        if register(&message).is_none() {
+        if register(message).is_none() {
             libc::_exit(127);
         }
         // Any other child goes on at once: the eBPF program armed it at the
@@ -640,12 +708,14 @@ unsafe fn wait_for_go() {
 /// from a sleep on an idle CPU would add 50–100 µs to a checkpoint.
 const ANSWER_POLL_US: u64 = 2000;
 
-/// The next command: polled for up to `budget_us` µs, then waited for.
+/// The verdict: polled for up to `budget_us` µs, then waited for. An
+/// eventfd that cannot be read (the program closed it meanwhile) counts as
+/// "no checkpoint": the program goes on.
 unsafe fn answer_within(budget_us: u64) -> u64 {
-    // SAFETY: reads our own eventfd.
-    match unsafe { poll_command(budget_us) } {
-        0 => unsafe { wait_command() },
-        command => command,
+    // SAFETY: reads our own eventfd (polled first: see ANSWER_POLL_US).
+    unsafe {
+        poll_readable(EVENTFD.load(Ordering::Relaxed), budget_us);
+        read_command().unwrap_or(CMD_GO)
     }
 }
 

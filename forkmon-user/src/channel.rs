@@ -232,7 +232,7 @@ pub fn check(
         }
     };
     match decoded {
-        StubMessage::Hello { pid } | StubMessage::Failed { pid, .. } => speaks_for(pid)?,
+        StubMessage::Hello { pid, .. } | StubMessage::Failed { pid, .. } => speaks_for(pid)?,
         // The checkpoint reports the end of its own child, which is gone.
         StubMessage::Exited { checkpoint, .. } => speaks_for(checkpoint)?,
         StubMessage::Child {

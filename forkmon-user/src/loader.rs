@@ -168,6 +168,11 @@ impl Probes {
             .map_err(|e| LoadError::Map("ARMED", Box::new(e)))
     }
 
+    /// The kernel no longer signals `pid` (its stub cannot answer).
+    pub fn disarm(&mut self, pid: u32) {
+        let _ = self.armed.remove(&pid);
+    }
+
     /// Arms `pid`'s next child when it forks it (see
     /// [`armed::ARM_NEXT_CHILD`]); `pid` stays armed.
     pub fn arm_next_child(&mut self, pid: u32) -> Result<(), LoadError> {

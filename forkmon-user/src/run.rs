@@ -4,7 +4,10 @@
 use std::{
     fs,
     io::{self, IsTerminal as _},
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     time::Duration,
 };
 
@@ -58,6 +61,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let (registrations, target_end) =
         Registrations::new().context("cannot create the stub socket")?;
     let library = stub_memfd()?;
+    // How forkmon tells that a process still holds the socket.
+    let stub_socket = (
+        target_end.as_raw_fd(),
+        fs::metadata(format!("/proc/self/fd/{}", target_end.as_raw_fd()))
+            .context("cannot stat the stub socket")?
+            .ino(),
+    );
 
     let mut signals = Signals::new()?;
     // Orphans of killed subtrees are reparented to us, not to init.
@@ -103,7 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         no_standby: args.no_standby,
         program_uid,
     };
-    let system = LiveSystem::new(probes, session, watcher);
+    let system = LiveSystem::new(probes, session, watcher, stub_socket);
     let mut supervisor = Supervisor::new(system, options, target.pid.as_raw(), root);
 
     let status = loop {

@@ -1,6 +1,15 @@
 //! The supervisor's [`System`] on the live kernel: the stubs' eventfds,
 //! the eBPF maps, the session's cgroups, the watcher and `/proc`.
-use std::{collections::HashMap, fs, os::fd::OwnedFd, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    fs,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use nix::{
@@ -22,17 +31,27 @@ pub struct LiveSystem {
     pub probes: Probes,
     pub session: Session,
     pub watcher: Watcher,
-    /// The command channel of each registered process.
-    eventfds: HashMap<i32, OwnedFd>,
+    /// The command channel of each registered process, and its number in
+    /// that process.
+    eventfds: HashMap<i32, (OwnedFd, i32)>,
+    /// The stub socket's fd number in the program's processes, and its
+    /// inode.
+    stub_socket: (i32, u64),
 }
 
 impl LiveSystem {
-    pub fn new(probes: Probes, session: Session, watcher: Watcher) -> LiveSystem {
+    pub fn new(
+        probes: Probes,
+        session: Session,
+        watcher: Watcher,
+        stub_socket: (i32, u64),
+    ) -> LiveSystem {
         LiveSystem {
             probes,
             session,
             watcher,
             eventfds: HashMap::new(),
+            stub_socket,
         }
     }
 }
@@ -50,8 +69,8 @@ impl Kernel for LiveSystem {
 impl System for LiveSystem {
     type Group = GroupId;
 
-    fn connect(&mut self, pid: i32, eventfd: OwnedFd) {
-        self.eventfds.insert(pid, eventfd);
+    fn connect(&mut self, pid: i32, eventfd: OwnedFd, theirs: i32) {
+        self.eventfds.insert(pid, (eventfd, theirs));
     }
 
     fn disconnect(&mut self, pid: i32) {
@@ -62,8 +81,31 @@ impl System for LiveSystem {
         self.eventfds.contains_key(&pid)
     }
 
+    fn channels_intact(&self, pid: i32) -> bool {
+        const KCMP_FILE: libc::c_int = 0;
+        let Some((ours, theirs)) = self.eventfds.get(&pid) else {
+            return false;
+        };
+        // SAFETY: kcmp compares two fds' open file descriptions by value;
+        // it reads nothing of ours.
+        let same_eventfd = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                std::process::id() as libc::pid_t,
+                pid,
+                KCMP_FILE,
+                ours.as_raw_fd(),
+                *theirs,
+            )
+        } == 0;
+        let (socket_fd, socket_ino) = self.stub_socket;
+        same_eventfd
+            && fs::metadata(format!("/proc/{pid}/fd/{socket_fd}"))
+                .is_ok_and(|meta| meta.ino() == socket_ino)
+    }
+
     fn send(&mut self, pid: i32, command: u64) -> anyhow::Result<()> {
-        let eventfd = self
+        let (eventfd, _) = self
             .eventfds
             .get(&pid)
             .with_context(|| format!("process {pid} has no command channel"))?;
@@ -80,6 +122,10 @@ impl System for LiveSystem {
 
     fn keep_next_child_unarmed(&mut self, pid: i32) -> anyhow::Result<()> {
         Ok(self.probes.keep_next_child_unarmed(pid as u32)?)
+    }
+
+    fn disarm(&mut self, pid: i32) {
+        self.probes.disarm(pid as u32);
     }
 
     fn new_group(&mut self, parent: GroupId) -> anyhow::Result<GroupId> {

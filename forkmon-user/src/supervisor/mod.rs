@@ -53,10 +53,14 @@ pub trait System: Kernel {
     type Group: Copy + Eq + std::fmt::Debug;
 
     // The stubs' command channels.
-    /// From now on, commands to `pid` go to `eventfd`.
-    fn connect(&mut self, pid: i32, eventfd: OwnedFd);
+    /// From now on, commands to `pid` go to `eventfd`, which `pid` holds
+    /// as its fd number `theirs`.
+    fn connect(&mut self, pid: i32, eventfd: OwnedFd, theirs: i32);
     fn disconnect(&mut self, pid: i32);
     fn is_connected(&self, pid: i32) -> bool;
+    /// Whether `pid` still holds its eventfd and the stub socket: a program
+    /// may close every fd it did not open itself (`closefrom`, daemons).
+    fn channels_intact(&self, pid: i32) -> bool;
     /// Writes `command` to `pid`'s eventfd.
     fn send(&mut self, pid: i32, command: u64) -> anyhow::Result<()>;
 
@@ -67,6 +71,8 @@ pub trait System: Kernel {
     fn arm_next_child(&mut self, pid: i32) -> anyhow::Result<()>;
     /// Takes that back if `pid` is still armed.
     fn keep_next_child_unarmed(&mut self, pid: i32) -> anyhow::Result<()>;
+    /// The kernel no longer signals `pid`.
+    fn disarm(&mut self, pid: i32);
 
     // Cgroups: a group per running child, nested below its checkpoint's.
     fn new_group(&mut self, parent: Self::Group) -> anyhow::Result<Self::Group>;
@@ -324,6 +330,17 @@ impl<S: System> Supervisor<S> {
             self.unregistered.insert(pid, candidate);
             return Ok(());
         }
+        if !self.system.channels_intact(pid) {
+            // Its stub cannot hear a verdict, and lets the open return
+            // without one (it checks the same).
+            self.report.warn(&format!(
+                "pid {pid} closed the file descriptors forkmon gave it: it runs on, \
+                 observed only (not checkpointed)"
+            ));
+            self.system.disarm(pid);
+            forget(&mut self.system, &mut self.registered, pid);
+            return Ok(());
+        }
         // The very file the program opened, while it waits: one stat says
         // whether it is a regular file, and gives the identity the watch
         // compares with, so a save between the open and the watch is still
@@ -412,7 +429,10 @@ impl<S: System> Supervisor<S> {
             }
         };
         match message {
-            StubMessage::Hello { pid } => {
+            StubMessage::Hello {
+                pid,
+                eventfd: theirs,
+            } => {
                 let Some(eventfd) = registration.eventfd else {
                     return Ok(());
                 };
@@ -422,7 +442,7 @@ impl<S: System> Supervisor<S> {
                 if self.running_pid() == Some(pid) {
                     self.system.arm(pid)?;
                 }
-                self.system.connect(pid, eventfd);
+                self.system.connect(pid, eventfd, theirs);
                 self.registered.insert(pid);
                 self.system.send(pid, CMD_GO)?;
             }
@@ -430,12 +450,13 @@ impl<S: System> Supervisor<S> {
                 pid,
                 checkpoint,
                 waits,
+                eventfd: theirs,
                 ..
             } => {
                 let Some(eventfd) = registration.eventfd else {
                     return Ok(());
                 };
-                self.on_child(pid, checkpoint, waits, eventfd)?;
+                self.on_child(pid, checkpoint, waits, (eventfd, theirs))?;
             }
             StubMessage::Exited { pid, status, .. } => self.on_child_exited(pid, status)?,
             StubMessage::Failed {
@@ -453,13 +474,13 @@ impl<S: System> Supervisor<S> {
         pid: i32,
         checkpoint: i32,
         waits: bool,
-        eventfd: OwnedFd,
+        (eventfd, theirs): (OwnedFd, i32),
     ) -> anyhow::Result<()> {
         let Some(index) = self.chain.iter().position(|c| c.pid == checkpoint) else {
             debug!("child {pid} of a stale checkpoint");
             return Ok(());
         };
-        self.system.connect(pid, eventfd);
+        self.system.connect(pid, eventfd, theirs);
         self.registered.insert(pid);
         let stale = matches!(self.chain[index].next, Next::Forking { stale: true });
         self.chain[index].next = Next::Nothing;

@@ -22,6 +22,7 @@ enum Did {
     Armed(i32),
     ArmedNextChild(i32),
     KeptNextChildUnarmed(i32),
+    Disarmed(i32),
     NewGroup { group: u32, parent: u32 },
     Moved(u32, i32),
     KilledNow(u32),
@@ -48,6 +49,8 @@ struct FakeSystem {
     /// What the program's fds are: absent, not a regular file.
     regular: bool,
     watch_error: bool,
+    /// Processes that closed the fds forkmon gave them.
+    closed_fds: HashSet<i32>,
 }
 
 impl FakeSystem {
@@ -62,6 +65,7 @@ impl FakeSystem {
             threads: HashMap::new(),
             regular: true,
             watch_error: false,
+            closed_fds: HashSet::new(),
         }
     }
 
@@ -91,7 +95,7 @@ impl Kernel for FakeSystem {
 impl System for FakeSystem {
     type Group = u32;
 
-    fn connect(&mut self, pid: i32, _eventfd: OwnedFd) {
+    fn connect(&mut self, pid: i32, _eventfd: OwnedFd, _theirs: i32) {
         self.connected.insert(pid);
     }
 
@@ -101,6 +105,10 @@ impl System for FakeSystem {
 
     fn is_connected(&self, pid: i32) -> bool {
         self.connected.contains(&pid)
+    }
+
+    fn channels_intact(&self, pid: i32) -> bool {
+        self.connected.contains(&pid) && !self.closed_fds.contains(&pid)
     }
 
     fn send(&mut self, pid: i32, command: u64) -> anyhow::Result<()> {
@@ -122,6 +130,10 @@ impl System for FakeSystem {
     fn keep_next_child_unarmed(&mut self, pid: i32) -> anyhow::Result<()> {
         self.did.push(Did::KeptNextChildUnarmed(pid));
         Ok(())
+    }
+
+    fn disarm(&mut self, pid: i32) {
+        self.did.push(Did::Disarmed(pid));
     }
 
     fn new_group(&mut self, parent: u32) -> anyhow::Result<u32> {
@@ -220,7 +232,13 @@ fn supervisor() -> Supervisor<FakeSystem> {
         program_uid: USER,
     };
     let mut s = Supervisor::new(FakeSystem::new(), options, TARGET, 0);
-    s.message(TARGET, StubMessage::Hello { pid: TARGET });
+    s.message(
+        TARGET,
+        StubMessage::Hello {
+            pid: TARGET,
+            eventfd: 5,
+        },
+    );
     s
 }
 
@@ -267,6 +285,7 @@ impl Supervisor<FakeSystem> {
                 checkpoint: parent,
                 fd: 3,
                 waits,
+                eventfd: 6,
             },
         );
     }
@@ -372,7 +391,13 @@ fn each_file_is_a_checkpoint_once_and_only_the_program_checkpoints() {
     s.opens(101, "a.txt");
     // A subprocess of the program, registered: observed only.
     s.system.alive.insert(200, 101);
-    s.message(200, StubMessage::Hello { pid: 200 });
+    s.message(
+        200,
+        StubMessage::Hello {
+            pid: 200,
+            eventfd: 5,
+        },
+    );
     s.opens(200, "b.txt");
     let did = s.take_did();
     assert!(!did.contains(&Did::Armed(200)), "{did:?}");
@@ -669,6 +694,7 @@ fn a_forged_message_changes_nothing() {
             checkpoint: TARGET,
             fd: 3,
             waits: false,
+            eventfd: 6,
         },
     );
     assert_eq!((s.chain[0].next, s.program), before);
@@ -681,4 +707,18 @@ fn ctrl_c_exits_with_the_programs_last_status() {
     assert_eq!(s.exit_status(libc::SIGINT), 0);
     let fresh = supervisor();
     assert_eq!(fresh.exit_status(libc::SIGINT), 128 + libc::SIGINT as u8);
+}
+
+#[test]
+fn a_process_that_closed_its_channels_is_observed_only() {
+    let mut s = supervisor();
+    s.take_did();
+    s.system.closed_fds.insert(TARGET);
+    s.opens(TARGET, "a.txt");
+    assert_eq!(s.take_did(), [Did::Disarmed(TARGET)], "no verdict sent");
+    assert!(s.chain.is_empty());
+    assert!(!s.system.is_connected(TARGET));
+    // Later candidates (already in the ring) change nothing.
+    s.opens(TARGET, "b.txt");
+    assert_eq!(s.take_did(), []);
 }

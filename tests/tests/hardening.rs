@@ -1,0 +1,81 @@
+//! The program is never harmed by being run under forkmon: whatever it
+//! does to the descriptors, signals and files forkmon relies on, it runs to
+//! its end with its own exit status.
+mod support;
+
+use std::{fs, os::unix::fs::PermissionsExt as _};
+
+use support::{bpf_available, fixture, live::Forkmon};
+
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn a_program_that_closes_all_its_fds_runs_to_its_end() {
+    if !bpf_available("a_program_that_closes_all_its_fds_runs_to_its_end") {
+        return;
+    }
+    let dir = scratch();
+    fs::write(dir.path().join("data.txt"), "one\n").unwrap();
+    let mut forkmon = Forkmon::start(dir.path(), &[], &[fixture("closer").to_str().unwrap()]);
+    let status = forkmon.wait();
+    assert_eq!(
+        forkmon.stdout(),
+        "content=one\ndone\n",
+        "{}",
+        forkmon.stderr()
+    );
+    assert_eq!(status.code(), Some(7), "{}", forkmon.stderr());
+    let err = forkmon.stderr();
+    assert_eq!(err.matches("observed only").count(), 1, "{err}");
+}
+
+#[test]
+fn python_closing_its_fds_runs_to_its_end() {
+    if !bpf_available("python_closing_its_fds_runs_to_its_end") {
+        return;
+    }
+    let dir = scratch();
+    fs::write(dir.path().join("data.txt"), "one\n").unwrap();
+    let program = "import os, sys\n\
+                   os.closerange(3, 4096)\n\
+                   print(open('data.txt').read().strip())\n\
+                   sys.exit(7)\n";
+    let mut forkmon = Forkmon::start_with(dir.path(), &[], &["python3", "-c", program], |cmd| {
+        cmd.env_remove("PYTHONDONTWRITEBYTECODE")
+            .env_remove("PYTHONUNBUFFERED");
+    });
+    let status = forkmon.wait();
+    assert_eq!(forkmon.stdout(), "one\n", "{}", forkmon.stderr());
+    assert_eq!(status.code(), Some(7), "{}", forkmon.stderr());
+}
+
+#[test]
+fn a_child_that_closes_all_its_fds_after_a_checkpoint_runs_to_its_end() {
+    if !bpf_available("a_child_that_closes_all_its_fds_after_a_checkpoint_runs_to_its_end") {
+        return;
+    }
+    let dir = scratch();
+    fs::write(dir.path().join("data.txt"), "one\n").unwrap();
+    let forkmon = Forkmon::start(
+        dir.path(),
+        &[],
+        &[fixture("closer").to_str().unwrap(), "after"],
+    );
+    forkmon.wait_stdout("done", 1);
+    forkmon.wait_stderr("exited with status 7", 1);
+    assert_eq!(forkmon.stdout(), "content=one\ncontent=one\ndone\n");
+    // The checkpoint made before the close still resumes.
+    fs::write(dir.path().join("data.txt"), "two\n").unwrap();
+    forkmon.wait_stdout("done", 2);
+    assert!(
+        forkmon
+            .stdout()
+            .ends_with("content=two\ncontent=two\ndone\n"),
+        "{}",
+        forkmon.stdout()
+    );
+}
