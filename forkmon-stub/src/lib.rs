@@ -32,6 +32,7 @@ use core::{
 };
 
 mod prefault;
+mod signals;
 
 /// A panic inside the target (in a signal handler, or a forked child) has
 /// nowhere to go: end the process, as an abort would.
@@ -45,7 +46,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 use forkmon_common::open_syscall;
 use forkmon_common::stub::{
     CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH, ENV_SOCKET, Message,
-    REOPEN_MARK, SIGNAL, StubMessage, checkpoint_syscall, spin_budget_us,
+    REOPEN_MARK, StubMessage, checkpoint_syscall, spin_budget_us,
 };
 
 /// The registration socket shared by the whole tree.
@@ -98,15 +99,9 @@ unsafe fn init_unsafe() {
     FLUSH.store(unsafe { env_int(ENV_FLUSH) } == Some(1), Ordering::Relaxed);
     SOCKET.store(socket, Ordering::Relaxed);
 
-    // SAFETY: installing a handler with a zeroed, then filled, sigaction.
-    unsafe {
-        let mut action: libc::sigaction = zeroed();
-        action.sa_sigaction = handler as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(SIGNAL as i32, &action, ptr::null_mut()) != 0 {
-            return;
-        }
+    // SAFETY: constructor context.
+    if !unsafe { signals::install(handler as *const () as usize) } {
+        return;
     }
     // SAFETY: fstat into a buffer we own.
     unsafe {
@@ -259,11 +254,13 @@ unsafe fn read_command() -> Option<u64> {
     }
 }
 
-extern "C" fn handler(_sig: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+extern "C" fn handler(sig: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes valid siginfo and ucontext pointers.
     unsafe {
-        // Only the eBPF program's signal counts, never a kill() from anyone.
+        // Only the eBPF program's signal counts, never a kill() from
+        // anyone: that one is the program's, if it handles the signal.
         if (*info).si_code != SI_KERNEL {
+            signals::forward(sig, info, context);
             return;
         }
         let Some(fd) = opened_fd(context.cast()) else {
@@ -575,7 +572,11 @@ unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild
             libc::fflush(ptr::null_mut());
         }
         loop {
-            if let Some(standby) = next_standby {
+            if next_standby.is_some() && !children.has_room() {
+                // Every slot holds a child not reaped yet: say so rather
+                // than fork one nobody would reap or report.
+                fail(me, fd, libc::EAGAIN, false);
+            } else if let Some(standby) = next_standby {
                 match fork_child(me, fd, call, standby) {
                     Forked::Child => return,
                     Forked::Parent(child) => children.add(child),
@@ -773,8 +774,10 @@ struct Children {
     pidfd: [i32; MAX_CHILDREN],
 }
 
-/// A running child, a waiting one, and ones being killed.
-const MAX_CHILDREN: usize = 8;
+/// A running child, a waiting one, and ones being killed: a resume kills
+/// one and wakes another, and the checkpoint reaps the killed ones as they
+/// end. When every slot is taken a fork is refused, and reported.
+const MAX_CHILDREN: usize = 16;
 
 impl Children {
     fn new() -> Children {
@@ -788,6 +791,11 @@ impl Children {
         self.pid.iter().all(|&p| p == 0)
     }
 
+    fn has_room(&self) -> bool {
+        self.pid.contains(&0)
+    }
+
+    /// Tracks `child`; the caller checked [`Self::has_room`].
     unsafe fn add(&mut self, child: i32) {
         if let Some(slot) = self.pid.iter().position(|&p| p == 0) {
             self.pid[slot] = child;

@@ -79,3 +79,70 @@ fn a_child_that_closes_all_its_fds_after_a_checkpoint_runs_to_its_end() {
         forkmon.stdout()
     );
 }
+
+/// A Python program that, before it reads data.txt, does something to
+/// forkmon's signal: `reset` every handler to the default (which for a
+/// real-time signal is to terminate), install its `own` handler (and send
+/// itself that signal, which must reach it), or `block` it.
+const SIGNALS_PY: &str = r#"
+import os, signal, sys
+mode = sys.argv[1]
+got = []
+if mode == "reset":
+    for s in range(1, signal.NSIG):
+        try:
+            signal.signal(s, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+elif mode == "own":
+    signal.signal(62, lambda s, f: got.append(s))
+elif mode == "block":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {62})
+print("content=" + open("data.txt").read().strip(), flush=True)
+if mode == "own":
+    os.kill(os.getpid(), 62)
+    print("own handler called:", got == [62], flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_program_that_resets_installs_or_blocks_forkmons_signal_keeps_its_checkpoints() {
+    if !bpf_available(
+        "a_program_that_resets_installs_or_blocks_forkmons_signal_keeps_its_checkpoints",
+    ) {
+        return;
+    }
+    for mode in ["reset", "own", "block"] {
+        let dir = scratch();
+        let d = dir.path();
+        fs::write(d.join("data.txt"), "one\n").unwrap();
+        fs::write(d.join("signals.py"), SIGNALS_PY).unwrap();
+        let forkmon = Forkmon::start_with(
+            d,
+            &["--filter", "data.txt"],
+            &["python3", "signals.py", mode],
+            |cmd| {
+                cmd.env_remove("PYTHONDONTWRITEBYTECODE")
+                    .env_remove("PYTHONUNBUFFERED");
+            },
+        );
+        forkmon.wait_stdout("done", 1);
+        if mode == "own" {
+            assert!(
+                forkmon.stdout().contains("own handler called: True"),
+                "{mode}: {}",
+                forkmon.stdout()
+            );
+        }
+        fs::write(d.join("data.txt"), "two\n").unwrap();
+        forkmon.wait_stdout("content=two", 1);
+        forkmon.wait_stdout("done", 2);
+        assert_eq!(
+            forkmon.stdout().matches("content=").count(),
+            2,
+            "{mode}: resumed once, from data.txt\n{}\n{}",
+            forkmon.stdout(),
+            forkmon.stderr()
+        );
+    }
+}
