@@ -146,3 +146,44 @@ fn a_program_that_resets_installs_or_blocks_forkmons_signal_keeps_its_checkpoint
         );
     }
 }
+
+/// Live processes of `forkmon`'s tree whose command is `comm`.
+fn tree_processes_named(forkmon: &Forkmon, comm: &str) -> Vec<i32> {
+    forkmon
+        .tree()
+        .into_iter()
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .collect()
+}
+
+#[test]
+fn background_processes_started_after_a_checkpoint_die_at_each_resume() {
+    if !bpf_available("background_processes_started_after_a_checkpoint_die_at_each_resume") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("data.txt"), "0\n").unwrap();
+    // The shell reads data.txt itself (its checkpoint), then leaves a
+    // sleep behind and exits: the sleep is orphaned at once. A daemon's
+    // double fork does the same.
+    let script = "read x < data.txt; echo \"content=$x\"; \
+                  sleep 1000 & (setsid sleep 1001 &) ; echo done";
+    let forkmon = Forkmon::start(d, &[], &["sh", "-c", script]);
+    forkmon.wait_stdout("done", 1);
+    for edit in 1..=5 {
+        fs::write(d.join("data.txt"), format!("{edit}\n")).unwrap();
+        forkmon.wait_stdout("done", edit + 1);
+        forkmon.wait_stderr("waiting for changes", edit + 1);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let left = tree_processes_named(&forkmon, "sleep");
+    assert_eq!(
+        left.len(),
+        2,
+        "only the last run's sleeps are left: {left:?}\n{}",
+        forkmon.stderr()
+    );
+}

@@ -170,6 +170,10 @@ struct Checkpoint<G> {
     /// The program's scheduling policy, given back to each child that runs
     /// it (the checkpoint and its standbys wait at idle priority).
     policy: Policy,
+    /// The processes of its group when it was made: the program's start-up
+    /// (a server it launched, say), spared by every resume, unlike what
+    /// ran after the checkpoint (see [`Supervisor::kill_escaped`]).
+    startup: Vec<i32>,
 }
 
 /// How a checkpoint's child starts running the program.
@@ -359,6 +363,9 @@ impl<S: System> Supervisor<S> {
             self.system.keep_next_child_unarmed(pid)?;
             return self.system.send(pid, CMD_GO);
         };
+        // Before the verdict lets anything run after the checkpoint (while
+        // the stub forks, which takes longer).
+        let startup = self.system.members(group).unwrap_or_default();
         self.chain.push(Checkpoint {
             file: path.clone(),
             pid,
@@ -366,6 +373,7 @@ impl<S: System> Supervisor<S> {
             below: None,
             next: Next::Forking { stale: false },
             policy: self.system.policy(pid),
+            startup,
         });
         self.program = Program::Starting {
             at: self.chain.len() - 1,
@@ -689,6 +697,7 @@ impl<S: System> Supervisor<S> {
         if let Some(group) = below {
             self.system.kill_in_background(group)?;
         }
+        self.kill_escaped(index);
         debug!(
             "killed the program below {} in {:?}",
             self.chain[index].pid,
@@ -702,6 +711,37 @@ impl<S: System> Supervisor<S> {
         });
         self.cut_chain(index + 1);
         Ok(())
+    }
+
+    /// Kills what ran after checkpoint `index` but stayed in the
+    /// checkpoint's own group, out of reach of the kill of the group below.
+    ///
+    /// A child that runs after a checkpoint is moved into its group only
+    /// once it runs (a move waits for an RCU grace period, see
+    /// [`run_child`](Self::run_child)); what it starts meanwhile is found
+    /// by ancestry — unless its parent has exited by then (`sleep 1000 &`
+    /// at the end of a script, a daemon's double fork): reparented to
+    /// forkmon, it stays behind. Spared: the checkpoint, the children it
+    /// forks itself (its standby, one on its way), and the start-up's
+    /// processes (and theirs).
+    fn kill_escaped(&mut self, index: usize) {
+        let checkpoint = &self.chain[index];
+        let Ok(members) = self.system.members(checkpoint.group) else {
+            return;
+        };
+        for pid in members {
+            let spared = pid == checkpoint.pid
+                || checkpoint.startup.contains(&pid)
+                || self.system.alive_parent(pid) == Some(checkpoint.pid)
+                || checkpoint
+                    .startup
+                    .iter()
+                    .any(|&up| descends_from(&self.system, pid, up));
+            if !spared {
+                debug!("killing {pid}, started after the checkpoint at {index}");
+                self.system.kill(pid);
+            }
+        }
     }
 
     /// The resume is due within [`EVALUATION_LEAD`]: do now what can be

@@ -722,3 +722,27 @@ fn a_process_that_closed_its_channels_is_observed_only() {
     s.opens(TARGET, "b.txt");
     assert_eq!(s.take_did(), []);
 }
+
+#[test]
+fn what_escaped_the_move_dies_at_the_resume_but_the_start_up_lives() {
+    let mut s = supervisor();
+    // A server the program started before its checkpoint, and its worker.
+    s.system.alive.insert(150, TARGET);
+    s.system.alive.insert(151, 150);
+    s.system.members.get_mut(&0).unwrap().extend([150, 151]);
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    // The child started `sleep &` and exited before it was moved: the
+    // sleep, reparented to forkmon (pid 50), stayed in the group.
+    s.system.alive.insert(160, 50);
+    s.system.members.get_mut(&0).unwrap().push(160);
+    s.exited(TARGET, 101, 0);
+    s.forks(TARGET, 102, true); // the standby
+    s.take_did();
+    s.changed("a.txt");
+    let did = s.take_did();
+    assert!(did.contains(&Did::Killed(160)), "{did:?}");
+    for spared in [TARGET, 150, 151, 102] {
+        assert!(!did.contains(&Did::Killed(spared)), "{spared}: {did:?}");
+    }
+}
