@@ -113,6 +113,18 @@ pub struct RunArgs {
     #[arg(long, env = "FORKMON_FLUSH", value_parser = set_means_on, default_value = OFF)]
     pub flush: bool,
 
+    /// Most checkpoints kept at once: files opened beyond that run on
+    /// without one (each checkpoint is a frozen process, and a program
+    /// that opens thousands of matching files would make thousands).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "FORKMON_MAX_CHECKPOINTS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_checkpoints: u32,
+
     /// Do not keep a forked child waiting at each checkpoint while the
     /// program is idle: half the processes, but each resume forks (a few
     /// hundred microseconds more, growing with the program's memory).

@@ -112,6 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         report,
         no_standby: args.no_standby,
         program_uid,
+        max_checkpoints: args.max_checkpoints as usize,
     };
     let system = LiveSystem::new(probes, session, watcher, stub_socket);
     let mut supervisor = Supervisor::new(system, options, target.pid.as_raw(), root);

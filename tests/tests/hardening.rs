@@ -187,3 +187,25 @@ fn background_processes_started_after_a_checkpoint_die_at_each_resume() {
         forkmon.stderr()
     );
 }
+
+#[test]
+fn a_flood_of_matching_files_stops_at_the_most_checkpoints_kept() {
+    if !bpf_available("a_flood_of_matching_files_stops_at_the_most_checkpoints_kept") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    for i in 1..=20 {
+        fs::write(d.join(format!("f{i}.txt")), "x\n").unwrap();
+    }
+    let program = "for i = 1, 20 do local f = io.open('f' .. i .. '.txt'); f:read('a'); \
+                   f:close() end print('done')";
+    let forkmon = Forkmon::start(d, &["--max-checkpoints", "5"], &["lua5.4", "-e", program]);
+    forkmon.wait_stdout("done", 1);
+    forkmon.wait_stderr("waiting for changes", 1);
+    let err = forkmon.stderr();
+    assert_eq!(err.matches("watch '").count(), 5, "{err}");
+    assert_eq!(err.matches("--max-checkpoints").count(), 1, "{err}");
+    // The processes: 5 checkpoints, each with its standby, and no more.
+    assert!(forkmon.tree().len() <= 11, "{:?}", forkmon.tree());
+}

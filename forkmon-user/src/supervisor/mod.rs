@@ -234,6 +234,8 @@ pub struct Supervisor<S: System> {
     checkpoints_died: bool,
     /// `--no-standby`: a resume forks its child.
     no_standby: bool,
+    max_checkpoints: usize,
+    warned_max: bool,
     /// Candidate opens of processes not registered yet, answered when they
     /// are.
     unregistered: HashMap<i32, Candidate>,
@@ -246,6 +248,8 @@ pub struct Options {
     pub report: Reporter,
     pub no_standby: bool,
     pub program_uid: u32,
+    /// `--max-checkpoints`.
+    pub max_checkpoints: usize,
 }
 
 impl<S: System> Supervisor<S> {
@@ -263,6 +267,8 @@ impl<S: System> Supervisor<S> {
             warned_threads: false,
             checkpoints_died: false,
             no_standby: options.no_standby,
+            max_checkpoints: options.max_checkpoints,
+            warned_max: false,
             unregistered: HashMap::new(),
             registered: HashSet::new(),
         }
@@ -405,6 +411,16 @@ impl<S: System> Supervisor<S> {
         }
         if self.chain.iter().any(|c| c.file == path) {
             return false; // the first open of each file is its checkpoint
+        }
+        if self.chain.len() >= self.max_checkpoints {
+            if !std::mem::replace(&mut self.warned_max, true) {
+                self.report.warn(&format!(
+                    "{} checkpoints made, the most kept at once: later files are not \
+                     checkpointed (--max-checkpoints)",
+                    self.chain.len()
+                ));
+            }
+            return false;
         }
         let threads = self.system.threads(pid);
         if threads > 1 {

@@ -230,6 +230,7 @@ fn supervisor() -> Supervisor<FakeSystem> {
         report: Reporter::new(true, false),
         no_standby: false,
         program_uid: USER,
+        max_checkpoints: 3,
     };
     let mut s = Supervisor::new(FakeSystem::new(), options, TARGET, 0);
     s.message(
@@ -745,4 +746,20 @@ fn what_escaped_the_move_dies_at_the_resume_but_the_start_up_lives() {
     for spared in [TARGET, 150, 151, 102] {
         assert!(!did.contains(&Did::Killed(spared)), "{spared}: {did:?}");
     }
+}
+
+#[test]
+fn no_more_checkpoints_than_the_most_kept_at_once() {
+    let mut s = supervisor();
+    let mut leaf = TARGET;
+    for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        s.opens(leaf, name);
+        if i < 3 {
+            s.forks(leaf, 101 + i as i32, false);
+            leaf = 101 + i as i32;
+        }
+    }
+    assert_eq!(s.chain.len(), 3);
+    assert!(s.warned_max);
+    assert_eq!(s.sent_to_last(leaf), CMD_GO, "the rest run on");
 }
