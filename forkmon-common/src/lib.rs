@@ -199,50 +199,11 @@ pub mod stub {
     }
 }
 
-/// Limits of the kernel prefilter (see [`PrefilterConfig`]).
-pub const PREFILTER_MAX_SUFFIXES: usize = 8;
-pub const PREFILTER_SUFFIX_LEN: usize = 16;
-pub const PREFILTER_MAX_PREFIXES: usize = 4;
-pub const PREFILTER_PREFIX_LEN: usize = 256;
-
-/// Which opens of an armed process the kernel signals: a cheap test on the
-/// path as passed that never rejects a path the full filter (user space)
-/// accepts. A path may match when any suffix ends it, any prefix starts it,
-/// or — when there are prefixes — it is relative or not in canonical form
-/// (contains `//` or `/.`), which only user space can judge.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PrefilterConfig {
-    pub accept_all: u32,
-    pub suffix_count: u32,
-    pub prefix_count: u32,
-    /// Non-zero: report only the opens that were signalled (`forkmon run`
-    /// answers those and needs no others); zero: report every open.
-    pub signalled_only: u32,
-    pub suffix_len: [u32; PREFILTER_MAX_SUFFIXES],
-    pub suffixes: [[u8; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
-    pub prefix_len: [u32; PREFILTER_MAX_PREFIXES],
-    pub prefixes: [[u8; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
-}
-
-impl PrefilterConfig {
-    /// Signals nothing: the state before user space configures it.
-    pub const NONE: PrefilterConfig = PrefilterConfig {
-        accept_all: 0,
-        suffix_count: 0,
-        prefix_count: 0,
-        signalled_only: 0,
-        suffix_len: [0; PREFILTER_MAX_SUFFIXES],
-        suffixes: [[0; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
-        prefix_len: [0; PREFILTER_MAX_PREFIXES],
-        prefixes: [[0; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
-    };
-}
-
-#[cfg(feature = "user")]
-// SAFETY: #[repr(C)] plain data with explicit padding; every bit pattern is
-// valid.
-unsafe impl aya::Pod for PrefilterConfig {}
+mod prefilter;
+pub use prefilter::{
+    PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN, PREFILTER_SUFFIX_LEN,
+    PrefilterConfig,
+};
 
 /// One completed `open`, `openat` or `openat2` of a traced process.
 #[repr(C)]
