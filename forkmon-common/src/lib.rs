@@ -328,13 +328,18 @@ mod user {
 
         #[test]
         fn open_records_are_viewed_only_when_aligned() {
+            const OPEN_SIZE: usize = core::mem::size_of::<OpenRecord>();
             #[repr(C, align(8))]
-            struct Aligned([u8; core::mem::size_of::<OpenRecord>() + 8]);
-            let mut buf = Aligned([0; core::mem::size_of::<OpenRecord>() + 8]);
+            struct Aligned([u8; OPEN_SIZE + 8]);
+            let mut buf = Aligned([0; OPEN_SIZE + 8]);
+            // Open records at offsets 0 and 4, both whole: only alignment
+            // tells them apart.
             buf.0[..4].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
-            buf.0[8 + 4..8 + 8].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
+            buf.0[4..8].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
             assert!(matches!(Record::decode(&buf.0), Some(Record::Open(_))));
-            assert!(Record::decode(&buf.0[4..]).is_none(), "misaligned");
+            let misaligned = &buf.0[4..];
+            assert!(misaligned.len() >= OPEN_SIZE);
+            assert!(Record::decode(misaligned).is_none(), "misaligned");
             assert!(Record::decode(&buf.0[..100]).is_none(), "short");
         }
 
