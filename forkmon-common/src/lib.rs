@@ -20,7 +20,6 @@ pub const MAX_TRACKED: u32 = 32 * 1024;
 pub mod record_kind {
     pub const OPEN: u32 = 1;
     pub const FORK: u32 = 2;
-    pub const EXEC: u32 = 3;
     pub const EXIT: u32 = 4;
     /// The process changed its working directory (`chdir`, `fchdir`).
     pub const CHDIR: u32 = 5;
@@ -235,12 +234,11 @@ pub struct OpenRecord {
     pub path: [u8; PATH_MAX],
 }
 
-/// A traced process forked, exec'd, or exited.
+/// A traced process forked, exited, or changed its working directory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessRecord {
-    /// [`record_kind::FORK`], [`record_kind::EXEC`], [`record_kind::EXIT`] or
-    /// [`record_kind::CHDIR`].
+    /// [`record_kind::FORK`], [`record_kind::EXIT`] or [`record_kind::CHDIR`].
     pub kind: u32,
     /// The process (tgid) the record is about: the child for a fork.
     pub pid: u32,
@@ -292,7 +290,7 @@ mod user {
             let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
             match kind {
                 record_kind::OPEN => view(bytes).map(Record::Open),
-                record_kind::FORK | record_kind::EXEC | record_kind::EXIT | record_kind::CHDIR => {
+                record_kind::FORK | record_kind::EXIT | record_kind::CHDIR => {
                     read(bytes).map(Record::Process)
                 }
                 _ => None,
