@@ -20,7 +20,6 @@ pub const MAX_TRACKED: u32 = 32 * 1024;
 pub mod record_kind {
     pub const OPEN: u32 = 1;
     pub const FORK: u32 = 2;
-    pub const EXEC: u32 = 3;
     pub const EXIT: u32 = 4;
     /// The process changed its working directory (`chdir`, `fchdir`).
     pub const CHDIR: u32 = 5;
@@ -78,50 +77,11 @@ pub mod global {
 /// How forkmon and its `LD_PRELOAD` stub talk.
 pub mod stub;
 
-/// Limits of the kernel prefilter (see [`PrefilterConfig`]).
-pub const PREFILTER_MAX_SUFFIXES: usize = 8;
-pub const PREFILTER_SUFFIX_LEN: usize = 16;
-pub const PREFILTER_MAX_PREFIXES: usize = 4;
-pub const PREFILTER_PREFIX_LEN: usize = 256;
-
-/// Which opens of an armed process the kernel signals: a cheap test on the
-/// path as passed that never rejects a path the full filter (user space)
-/// accepts. A path may match when any suffix ends it, any prefix starts it,
-/// or — when there are prefixes — it is relative or not in canonical form
-/// (contains `//` or `/.`), which only user space can judge.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PrefilterConfig {
-    pub accept_all: u32,
-    pub suffix_count: u32,
-    pub prefix_count: u32,
-    /// Non-zero: report only the opens that were signalled (`forkmon run`
-    /// answers those and needs no others); zero: report every open.
-    pub signalled_only: u32,
-    pub suffix_len: [u32; PREFILTER_MAX_SUFFIXES],
-    pub suffixes: [[u8; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
-    pub prefix_len: [u32; PREFILTER_MAX_PREFIXES],
-    pub prefixes: [[u8; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
-}
-
-impl PrefilterConfig {
-    /// Signals nothing: the state before user space configures it.
-    pub const NONE: PrefilterConfig = PrefilterConfig {
-        accept_all: 0,
-        suffix_count: 0,
-        prefix_count: 0,
-        signalled_only: 0,
-        suffix_len: [0; PREFILTER_MAX_SUFFIXES],
-        suffixes: [[0; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
-        prefix_len: [0; PREFILTER_MAX_PREFIXES],
-        prefixes: [[0; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
-    };
-}
-
-#[cfg(feature = "user")]
-// SAFETY: #[repr(C)] plain data with explicit padding; every bit pattern is
-// valid.
-unsafe impl aya::Pod for PrefilterConfig {}
+mod prefilter;
+pub use prefilter::{
+    PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN, PREFILTER_SUFFIX_LEN,
+    PrefilterConfig,
+};
 
 /// One completed `open`, `openat` or `openat2` of a traced process.
 #[repr(C)]
@@ -153,12 +113,11 @@ pub struct OpenRecord {
     pub path: [u8; PATH_MAX],
 }
 
-/// A traced process forked, exec'd, or exited.
+/// A traced process forked, exited, or changed its working directory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessRecord {
-    /// [`record_kind::FORK`], [`record_kind::EXEC`], [`record_kind::EXIT`] or
-    /// [`record_kind::CHDIR`].
+    /// [`record_kind::FORK`], [`record_kind::EXIT`] or [`record_kind::CHDIR`].
     pub kind: u32,
     /// The process (tgid) the record is about: the child for a fork.
     pub pid: u32,
@@ -210,7 +169,7 @@ mod user {
             let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
             match kind {
                 record_kind::OPEN => view(bytes).map(Record::Open),
-                record_kind::FORK | record_kind::EXEC | record_kind::EXIT | record_kind::CHDIR => {
+                record_kind::FORK | record_kind::EXIT | record_kind::CHDIR => {
                     read(bytes).map(Record::Process)
                 }
                 _ => None,
@@ -246,13 +205,18 @@ mod user {
 
         #[test]
         fn open_records_are_viewed_only_when_aligned() {
+            const OPEN_SIZE: usize = core::mem::size_of::<OpenRecord>();
             #[repr(C, align(8))]
-            struct Aligned([u8; core::mem::size_of::<OpenRecord>() + 8]);
-            let mut buf = Aligned([0; core::mem::size_of::<OpenRecord>() + 8]);
+            struct Aligned([u8; OPEN_SIZE + 8]);
+            let mut buf = Aligned([0; OPEN_SIZE + 8]);
+            // Open records at offsets 0 and 4, both whole: only alignment
+            // tells them apart.
             buf.0[..4].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
-            buf.0[8 + 4..8 + 8].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
+            buf.0[4..8].copy_from_slice(&record_kind::OPEN.to_ne_bytes());
             assert!(matches!(Record::decode(&buf.0), Some(Record::Open(_))));
-            assert!(Record::decode(&buf.0[4..]).is_none(), "misaligned");
+            let misaligned = &buf.0[4..];
+            assert!(misaligned.len() >= OPEN_SIZE);
+            assert!(Record::decode(misaligned).is_none(), "misaligned");
             assert!(Record::decode(&buf.0[..100]).is_none(), "short");
         }
 

@@ -8,7 +8,6 @@
 
 mod maps;
 mod open;
-mod prefilter;
 mod process;
 
 #[cfg(not(test))]

@@ -35,9 +35,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(forkmon_common::stat::COUNT, 0);
 
-/// Submit flag for the records user space must see at once (a stub waits,
-/// a process forked or exited): a wake-up whatever the reader's position,
-/// rather than the default guess that a reader behind is awake already.
+/// Submit flag for the records user space must see at once (a stub waits
+/// for its verdict, a process exited; forks and cwd changes only under
+/// `forkmon trace`, see `process::emit`): a wake-up whatever the reader's
+/// position, rather than the default guess that a reader behind is awake
+/// already.
 pub const WAKE_UP: u64 = aya_ebpf::bindings::BPF_RB_FORCE_WAKEUP as u64;
 
 /// Submit flag for records user space can read at its next wake-up.

@@ -23,8 +23,11 @@ use forkmon_common::{
 };
 
 use crate::{
-    maps::{ARMED, EVENTS, SCRATCH_PATH, WAKE_UP, count, is_armed, is_tracked, signalled_only},
-    prefilter, process,
+    maps::{
+        ARMED, EVENTS, PREFILTER, SCRATCH_PATH, WAKE_UP, count, is_armed, is_tracked,
+        signalled_only,
+    },
+    process,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -138,7 +141,13 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
     // migrate while running.
     let (path, (len, state)) =
         unsafe { (&mut *scratch, read_path(call.path, (*scratch).as_mut_ptr())) };
-    let may_match = candidate && state == 0 && prefilter::may_match(path, len);
+    // The prefilter, shared with user space's tests (forkmon-common): opens
+    // that cannot match cost no signal and no round trip.
+    let may_match = candidate
+        && state == 0
+        && PREFILTER
+            .get(0)
+            .is_some_and(|config| config.may_match(path, len));
     if !may_match && !report_all {
         return;
     }

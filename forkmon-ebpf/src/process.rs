@@ -36,9 +36,10 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if is_tracked(tgid) {
-        // exec resets signal handlers: the stub is gone.
+        // exec resets signal handlers: the stub is gone. No record: neither
+        // reader acts on an exec (pid and cwd stay), and a new image that
+        // loads the stub registers again.
         let _ = ARMED.remove(tgid);
-        emit(record_kind::EXEC, tgid, 0);
     }
     0
 }

@@ -218,7 +218,11 @@ pub fn check(
             uid: sender.uid,
         });
     }
-    if kernel.alive_parent(sender.pid).is_some() && !kernel.in_tree(sender.pid) {
+    // The tree first, then whether alive: the eBPF program forgets a process
+    // only once it is exiting, so one still alive after it was found
+    // outside the tree is truly outside. The other way round, a quick
+    // process that exits between the two looks alive and outside.
+    if !kernel.in_tree(sender.pid) && kernel.alive_parent(sender.pid).is_some() {
         return Err(Distrust::NotInTree(sender.pid));
     }
     let speaks_for = |claimed: i32| {
@@ -243,8 +247,10 @@ pub fn check(
             if pid != sender.pid {
                 speaks_for(checkpoint)?;
             }
+            // The tree first, as above.
+            let in_tree = kernel.in_tree(pid);
             if let Some(parent) = kernel.alive_parent(pid)
-                && (parent != checkpoint || !kernel.in_tree(pid))
+                && (parent != checkpoint || !in_tree)
             {
                 return Err(Distrust::NotItsChild {
                     child: pid,
@@ -313,6 +319,56 @@ mod tests {
                 StubMessage::decode(&m).ok_or(Distrust::UnknownKind(m.kind)),
                 "{m:?}"
             );
+        }
+    }
+
+    /// Pid 104, a child of checkpoint 100 that exits after `alive_for` more
+    /// questions about it; other pids as in [`Tree`].
+    struct Exiting {
+        alive_for: std::cell::Cell<u32>,
+    }
+
+    impl Exiting {
+        fn still_alive(&self) -> bool {
+            let left = self.alive_for.get();
+            self.alive_for.set(left.saturating_sub(1));
+            left > 0
+        }
+    }
+
+    impl Kernel for Exiting {
+        fn in_tree(&self, pid: i32) -> bool {
+            if pid == 104 {
+                self.still_alive()
+            } else {
+                Tree.in_tree(pid)
+            }
+        }
+        fn alive_parent(&self, pid: i32) -> Option<i32> {
+            if pid == 104 {
+                self.still_alive().then_some(100)
+            } else {
+                Tree.alive_parent(pid)
+            }
+        }
+    }
+
+    /// A program can finish before forkmon reads its registration: however
+    /// the exit falls between the questions, the message is its own.
+    #[test]
+    fn a_process_exiting_while_checked_is_still_heard() {
+        for alive_for in 0..6 {
+            for sender in [104, 100] {
+                let kernel = Exiting {
+                    alive_for: alive_for.into(),
+                };
+                let m = message(MSG_CHILD, 104, 100);
+                assert_eq!(
+                    check(&m, from(sender), USER, &kernel).map(drop),
+                    Ok(()),
+                    "from {sender}, exiting after {alive_for} questions"
+                );
+            }
         }
     }
 

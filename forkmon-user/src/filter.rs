@@ -3,9 +3,11 @@
 //! Two layers decide it:
 //! - [`Filter::matches`], in user space, on the lexically cleaned absolute
 //!   path of the opened file (see [`absolute_lexical`]);
-//! - [`Prefilter`], derived from the filter, which the eBPF program runs on
-//!   the path bytes as passed to `open()` so that opens which cannot match
-//!   are never signalled. It may accept more than the filter, never less.
+//! - [`Prefilter`], derived from the filter, whose [`PrefilterConfig`] the
+//!   eBPF program runs on the path bytes as passed to `open()` so that opens
+//!   which cannot match are never signalled. It may accept more than the
+//!   filter, never less; the tests check that on the configuration itself,
+//!   with the matching code the kernel runs (`forkmon-common`).
 //!
 //! Filters come from `--filter GLOB` (repeatable, `!GLOB` excludes) and from
 //! the C-forkmon compatible `FORKMON_FILTER` (Lua patterns separated by `;`).
@@ -25,8 +27,9 @@ use std::{
 
 use globset::{GlobBuilder, GlobMatcher};
 
-pub use forkmon_common::{
+use forkmon_common::{
     PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN, PREFILTER_SUFFIX_LEN,
+    PrefilterConfig,
 };
 
 /// A filter the user wrote that cannot be used.
@@ -289,9 +292,8 @@ impl Rule {
     }
 }
 
-/// The kernel prefilter's configuration, and the reference implementation
-/// of its test (`forkmon-ebpf/src/prefilter.rs` must agree with
-/// [`Prefilter::may_match`]).
+/// What the kernel prefilter accepts, before it is laid out for the kernel
+/// by [`Prefilter::config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefilter {
     pub accept_all: bool,
@@ -330,40 +332,39 @@ impl Prefilter {
         }
     }
 
-    #[cfg(test)]
-    /// Whether the open of `passed_path` (as passed to `open()`) may match
-    /// the filter, so user space must judge it:
-    /// 1. `accept_all`;
-    /// 2. else, if any suffix ends the path;
-    /// 3. else, if there are no prefixes: no;
-    /// 4. else, if the path is relative (does not start with `/`: the kernel
-    ///    does not know the cwd), or any prefix starts it, or it is not
-    ///    canonical: a `/` followed by `/` or `.` starts at one of the first
-    ///    PREFILTER_PREFIX_LEN bytes (cleaning could then change the bytes a
-    ///    prefix is compared with; beyond them it cannot matter).
-    ///
-    /// Suffixes need no such care: cleaning keeps the last component of a
-    /// path that can open a regular file (non-empty, not ending in `/`, `.`
-    /// or `..`), and only such opens — successful ones — are ever signalled.
-    pub fn may_match(&self, passed_path: &[u8]) -> bool {
-        if self.accept_all || self.suffixes.iter().any(|s| passed_path.ends_with(s)) {
-            return true;
+    /// The configuration the kernel matches paths with
+    /// ([`PrefilterConfig::may_match`]); `signalled_only` is left to the
+    /// caller. What does not fit the kernel's slots accepts everything.
+    pub fn config(&self) -> PrefilterConfig {
+        let fits = self.suffixes.len() <= PREFILTER_MAX_SUFFIXES
+            && self.prefixes.len() <= PREFILTER_MAX_PREFIXES
+            && self
+                .suffixes
+                .iter()
+                .all(|s| !s.is_empty() && s.len() <= PREFILTER_SUFFIX_LEN)
+            && self
+                .prefixes
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= PREFILTER_PREFIX_LEN);
+        if self.accept_all || !fits {
+            return PrefilterConfig {
+                accept_all: 1,
+                ..PrefilterConfig::NONE
+            };
         }
-        if self.prefixes.is_empty() {
-            return false;
+        let mut config = PrefilterConfig::NONE;
+        config.suffix_count = self.suffixes.len() as u32;
+        for (i, suffix) in self.suffixes.iter().enumerate() {
+            config.suffix_len[i] = suffix.len() as u32;
+            config.suffixes[i][..suffix.len()].copy_from_slice(suffix);
         }
-        passed_path.first() != Some(&b'/')
-            || self.prefixes.iter().any(|p| passed_path.starts_with(p))
-            || !is_canonical(passed_path)
+        config.prefix_count = self.prefixes.len() as u32;
+        for (i, prefix) in self.prefixes.iter().enumerate() {
+            config.prefix_len[i] = prefix.len() as u32;
+            config.prefixes[i][..prefix.len()].copy_from_slice(prefix);
+        }
+        config
     }
-}
-
-#[cfg(test)]
-fn is_canonical(path: &[u8]) -> bool {
-    !path
-        .windows(2)
-        .take(PREFILTER_PREFIX_LEN)
-        .any(|pair| pair[0] == b'/' && matches!(pair[1], b'/' | b'.'))
 }
 
 /// Drops duplicates and entries implied by a shorter one: fewer kernel
@@ -800,6 +801,8 @@ mod lua {
 
 #[cfg(test)]
 mod tests {
+    use forkmon_common::PATH_MAX;
+
     use super::*;
 
     fn filter(globs: &[&str], lua: Option<&str>) -> Filter {
@@ -961,6 +964,18 @@ mod tests {
         );
     }
 
+    /// The kernel's answer for an open of `passed`: the shared matching, on
+    /// the configuration the kernel is given, with the path laid out as in
+    /// its per-CPU buffer — followed by the NUL and by what earlier, longer
+    /// paths left there.
+    fn may_match(prefilter: &Prefilter, passed: &[u8]) -> bool {
+        const STALE: &[u8] = b"/./x.lua/";
+        let mut buffer: [u8; PATH_MAX] = std::array::from_fn(|i| STALE[i % STALE.len()]);
+        buffer[..passed.len()].copy_from_slice(passed);
+        buffer[passed.len()] = 0;
+        prefilter.config().may_match(&buffer, passed.len() as u32)
+    }
+
     fn only(suffixes: &[&str], prefixes: &[&str]) -> Prefilter {
         let bytes = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
         Prefilter {
@@ -1022,30 +1037,44 @@ mod tests {
     #[test]
     fn may_match_with_suffixes_only() {
         let pf = only(&[".lua"], &[]);
-        assert!(pf.may_match(b"x.lua"));
-        assert!(pf.may_match(b"/a/b.lua"));
-        assert!(!pf.may_match(b"x.rs"));
-        assert!(!pf.may_match(b"rel/x.c"));
+        assert!(may_match(&pf, b"x.lua"));
+        assert!(may_match(&pf, b"/a/b.lua"));
+        assert!(!may_match(&pf, b"x.rs"));
+        assert!(!may_match(&pf, b"rel/x.c"));
         // Only prefixes care about canonical form.
-        assert!(!pf.may_match(b"/home/u/.cache//x"));
+        assert!(!may_match(&pf, b"/home/u/.cache//x"));
     }
 
     #[test]
     fn may_match_with_prefixes() {
         let pf = only(&[".lua"], &["/home/u/p/"]);
-        assert!(pf.may_match(b"/etc/x.lua"));
-        assert!(pf.may_match(b"/home/u/p/x.c"));
-        assert!(pf.may_match(b"x.c"), "relative");
-        assert!(pf.may_match(b"./x.c"), "relative");
-        assert!(!pf.may_match(b"/etc/x.c"));
-        assert!(!pf.may_match(b"/home/u/px.c"));
-        assert!(pf.may_match(b"/home/u//p/x.c"), "doubled slash");
-        assert!(pf.may_match(b"/home/u/q/../p/x.c"), "dot-dot");
-        assert!(pf.may_match(b"/home/./u/p/x.c"), "dot");
-        assert!(pf.may_match(b"/etc/.hidden"), "cheap test, not exact");
+        assert!(may_match(&pf, b"/etc/x.lua"));
+        assert!(may_match(&pf, b"/home/u/p/x.c"));
+        assert!(may_match(&pf, b"x.c"), "relative");
+        assert!(may_match(&pf, b"./x.c"), "relative");
+        assert!(!may_match(&pf, b"/etc/x.c"));
+        assert!(!may_match(&pf, b"/home/u/px.c"));
+        assert!(may_match(&pf, b"/home/u//p/x.c"), "doubled slash");
+        assert!(may_match(&pf, b"/home/u/q/../p/x.c"), "dot-dot");
+        assert!(may_match(&pf, b"/home/./u/p/x.c"), "dot");
+        assert!(may_match(&pf, b"/etc/.hidden"), "cheap test, not exact");
         let far = format!("/etc/{}//x.c", "a".repeat(PREFILTER_PREFIX_LEN));
-        assert!(!pf.may_match(far.as_bytes()), "beyond any prefix");
-        assert!(Prefilter::ACCEPT_ALL.may_match(b"/etc/x.c"));
+        assert!(!may_match(&pf, far.as_bytes()), "beyond any prefix");
+        assert!(may_match(&Prefilter::ACCEPT_ALL, b"/etc/x.c"));
+    }
+
+    #[test]
+    fn what_the_kernel_cannot_hold_accepts_all() {
+        let many: Vec<String> = (0..=PREFILTER_MAX_SUFFIXES)
+            .map(|i| format!(".e{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let long = "/".repeat(PREFILTER_PREFIX_LEN + 1);
+        for pf in [only(&many, &[]), only(&[], &[&long]), only(&[""], &[])] {
+            assert_eq!(pf.config().accept_all, 1, "{pf:?}");
+            assert!(may_match(&pf, b"/etc/x.c"), "{pf:?}");
+        }
+        assert_eq!(only(&[".lua"], &["/p/"]).config().accept_all, 0);
     }
 
     #[test]
@@ -1301,7 +1330,7 @@ mod tests {
                 let (matched, prefilter) = judge(&case);
                 if matched {
                     prop_assert!(
-                        prefilter.may_match(case.passed.as_bytes()),
+                        may_match(&prefilter, case.passed.as_bytes()),
                         "{case:?} rejected by {prefilter:?}"
                     );
                 }
@@ -1320,7 +1349,7 @@ mod tests {
                 let case = strategy.new_tree(&mut runner).unwrap().current();
                 let (m, prefilter) = judge(&case);
                 matched += u32::from(m);
-                rejected += u32::from(!prefilter.may_match(case.passed.as_bytes()));
+                rejected += u32::from(!may_match(&prefilter, case.passed.as_bytes()));
             }
             assert!(matched > CASES / 4, "only {matched} of {CASES} match");
             assert!(rejected > CASES / 10, "only {rejected} of {CASES} rejected");

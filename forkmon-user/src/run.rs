@@ -12,10 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use forkmon_common::{
-    OpenRecord, PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN,
-    PREFILTER_SUFFIX_LEN, PrefilterConfig, Record, record_kind, stub,
-};
+use forkmon_common::{OpenRecord, PrefilterConfig, Record, record_kind, stub};
 use log::debug;
 use nix::{
     sys::wait::{WaitPidFlag, WaitStatus, waitpid},
@@ -27,7 +24,7 @@ use crate::{
     channel::Registrations,
     cli::RunArgs,
     events::Events,
-    filter::{Filter, Prefilter},
+    filter::Filter,
     launcher::{self, TargetUser},
     loader::Probes,
     output::Reporter,
@@ -47,7 +44,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         !args.no_color && !crate::cli::no_color_env() && io::stderr().is_terminal(),
     );
     let mut probes = Probes::load()?;
-    probes.set_prefilter(&prefilter_config(&filter.prefilter()))?;
+    // The supervisor acts only on the opens it must answer; the path of each
+    // is resolved live from /proc while the process waits.
+    probes.set_prefilter(&PrefilterConfig {
+        signalled_only: 1,
+        ..filter.prefilter().config()
+    })?;
     let user = TargetUser::from_sudo_env()?;
     if let Some(user) = &user {
         crate::credentials::set_program_user(user).context("cannot read forkmon's own groups")?;
@@ -272,38 +274,4 @@ fn stub_memfd() -> anyhow::Result<OwnedFd> {
     let mut file = fs::File::from(fd);
     io::Write::write_all(&mut file, STUB).context("cannot write the stub's memfd")?;
     Ok(file.into())
-}
-
-fn prefilter_config(prefilter: &Prefilter) -> PrefilterConfig {
-    // The supervisor acts only on the opens it must answer; the path of each
-    // is resolved live from /proc while the process waits.
-    let mut config = PrefilterConfig {
-        signalled_only: 1,
-        ..PrefilterConfig::NONE
-    };
-    let fits = prefilter.suffixes.len() <= PREFILTER_MAX_SUFFIXES
-        && prefilter.prefixes.len() <= PREFILTER_MAX_PREFIXES
-        && prefilter
-            .suffixes
-            .iter()
-            .all(|s| !s.is_empty() && s.len() <= PREFILTER_SUFFIX_LEN)
-        && prefilter
-            .prefixes
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= PREFILTER_PREFIX_LEN);
-    if prefilter.accept_all || !fits {
-        config.accept_all = 1;
-        return config;
-    }
-    config.suffix_count = prefilter.suffixes.len() as u32;
-    for (i, suffix) in prefilter.suffixes.iter().enumerate() {
-        config.suffix_len[i] = suffix.len() as u32;
-        config.suffixes[i][..suffix.len()].copy_from_slice(suffix);
-    }
-    config.prefix_count = prefilter.prefixes.len() as u32;
-    for (i, prefix) in prefilter.prefixes.iter().enumerate() {
-        config.prefix_len[i] = prefix.len() as u32;
-        config.prefixes[i][..prefix.len()].copy_from_slice(prefix);
-    }
-    config
 }

@@ -1,0 +1,156 @@
+//! The kernel half of the filter: a cheap test on the path as passed to
+//! `open()` that never rejects a path user space's full filter accepts, so
+//! that opens which cannot match cost no signal and no round trip.
+//!
+//! Written once for both sides: the eBPF program runs
+//! [`PrefilterConfig::may_match`] on every candidate open, and user space's
+//! tests run the very same code on the configuration it sends the kernel.
+//! Hence the shape the BPF verifier can follow: loops with constant bounds,
+//! indexes masked into the path buffer, no slices of runtime length.
+// Plain index loops with constant bounds are what the verifier can follow.
+#![allow(clippy::needless_range_loop)]
+
+use crate::PATH_MAX;
+
+/// Limits of the kernel prefilter (see [`PrefilterConfig`]).
+pub const PREFILTER_MAX_SUFFIXES: usize = 8;
+pub const PREFILTER_SUFFIX_LEN: usize = 16;
+pub const PREFILTER_MAX_PREFIXES: usize = 4;
+pub const PREFILTER_PREFIX_LEN: usize = 256;
+
+/// Keeps every index into a path buffer provably in bounds for the verifier.
+const MASK: usize = PATH_MAX - 1;
+
+/// Which opens of an armed process the kernel signals (see
+/// [`PrefilterConfig::may_match`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PrefilterConfig {
+    pub accept_all: u32,
+    pub suffix_count: u32,
+    pub prefix_count: u32,
+    /// Non-zero: report only the opens that were signalled (`forkmon run`
+    /// answers those and needs no others); zero: report every open.
+    pub signalled_only: u32,
+    pub suffix_len: [u32; PREFILTER_MAX_SUFFIXES],
+    pub suffixes: [[u8; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
+    pub prefix_len: [u32; PREFILTER_MAX_PREFIXES],
+    pub prefixes: [[u8; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
+}
+
+impl PrefilterConfig {
+    /// Signals nothing: the state before user space configures it.
+    pub const NONE: PrefilterConfig = PrefilterConfig {
+        accept_all: 0,
+        suffix_count: 0,
+        prefix_count: 0,
+        signalled_only: 0,
+        suffix_len: [0; PREFILTER_MAX_SUFFIXES],
+        suffixes: [[0; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
+        prefix_len: [0; PREFILTER_MAX_PREFIXES],
+        prefixes: [[0; PREFILTER_PREFIX_LEN]; PREFILTER_MAX_PREFIXES],
+    };
+
+    /// Whether the open of the path in the first `len` bytes of `path` (as
+    /// passed to `open()`, NUL excluded) may match the filter, so user space
+    /// must judge it:
+    /// 1. `accept_all`;
+    /// 2. else, if any suffix ends the path;
+    /// 3. else, if there are no prefixes: no;
+    /// 4. else, if the path is relative (does not start with `/`: the kernel
+    ///    does not know the cwd), or any prefix starts it, or it is not
+    ///    canonical: a `/` followed by `/` or `.` starts at one of the first
+    ///    PREFILTER_PREFIX_LEN bytes (cleaning could then change the bytes a
+    ///    prefix is compared with; beyond them it cannot matter).
+    ///
+    /// Suffixes need no such care: cleaning keeps the last component of a
+    /// path that can open a regular file (non-empty, not ending in `/`, `.`
+    /// or `..`), and only such opens — successful ones — are ever signalled.
+    ///
+    /// `path[len]` must be the path's NUL (as `bpf_probe_read_user_str`
+    /// leaves it), which makes an empty path relative. No byte after it is
+    /// read: the kernel's per-CPU buffer still holds earlier, longer paths
+    /// there.
+    // Inlined into the one eBPF call site, as when it lived there: no
+    // bpf-to-bpf call on every open.
+    #[inline(always)]
+    pub fn may_match(&self, path: &[u8; PATH_MAX], len: u32) -> bool {
+        if self.accept_all != 0 {
+            return true;
+        }
+        let len = len as usize & MASK;
+        for i in 0..PREFILTER_MAX_SUFFIXES {
+            if i as u32 >= self.suffix_count {
+                break;
+            }
+            let suffix_len = self.suffix_len[i] as usize;
+            if suffix_len == 0 || suffix_len > PREFILTER_SUFFIX_LEN || suffix_len > len {
+                continue;
+            }
+            let start = len - suffix_len;
+            let mut equal = true;
+            for j in 0..PREFILTER_SUFFIX_LEN {
+                if j >= suffix_len {
+                    break;
+                }
+                if path[(start + j) & MASK] != self.suffixes[i][j] {
+                    equal = false;
+                    break;
+                }
+            }
+            if equal {
+                return true;
+            }
+        }
+        if self.prefix_count == 0 {
+            return false;
+        }
+        if path[0] != b'/' {
+            return true; // relative: resolved against a cwd only user space knows
+        }
+        for i in 0..PREFILTER_MAX_PREFIXES {
+            if i as u32 >= self.prefix_count {
+                break;
+            }
+            let prefix_len = self.prefix_len[i] as usize;
+            if prefix_len == 0 || prefix_len > PREFILTER_PREFIX_LEN || prefix_len > len {
+                continue;
+            }
+            let mut equal = true;
+            for j in 0..PREFILTER_PREFIX_LEN {
+                if j >= prefix_len {
+                    break;
+                }
+                if path[j] != self.prefixes[i][j] {
+                    equal = false;
+                    break;
+                }
+            }
+            if equal {
+                return true;
+            }
+        }
+        !is_canonical(path, len)
+    }
+}
+
+/// No `//` and no `/.` where a prefix could reach: cleaning (dropping `.`
+/// components and doubled slashes) then leaves the first
+/// PREFILTER_PREFIX_LEN bytes as they are, so the byte prefix test is exact.
+#[inline(always)]
+fn is_canonical(path: &[u8; PATH_MAX], len: usize) -> bool {
+    for i in 0..PREFILTER_PREFIX_LEN {
+        if i + 1 >= len {
+            break;
+        }
+        if path[i] == b'/' && (path[i + 1] == b'/' || path[i + 1] == b'.') {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] plain data with explicit padding; every bit pattern is
+// valid.
+unsafe impl aya::Pod for PrefilterConfig {}
