@@ -189,24 +189,20 @@ pub struct Delays {
     pub ignore: Duration,
 }
 
-impl Delays {
-    pub const DEFAULT_RESTART: Duration = Duration::from_millis(50);
-    pub const DEFAULT_IGNORE: Duration = Duration::from_millis(200);
+/// The C forkmon's default restart delay (`FORKMON_RESTART_DELAY`), in
+/// milliseconds as the command line takes it. The CLI's defaults are these
+/// constants, so the value lives in one place.
+pub const DEFAULT_RESTART_MS: u64 = 50;
+/// The C forkmon's default ignore delay (`FORKMON_IGNORE_DELAY`), in
+/// milliseconds.
+pub const DEFAULT_IGNORE_MS: u64 = 200;
 
+impl Delays {
     #[cfg(test)]
     pub fn from_millis(restart: u64, ignore: u64) -> Delays {
         Delays {
             restart: Duration::from_millis(restart),
             ignore: Duration::from_millis(ignore),
-        }
-    }
-}
-
-impl Default for Delays {
-    fn default() -> Delays {
-        Delays {
-            restart: Delays::DEFAULT_RESTART,
-            ignore: Delays::DEFAULT_IGNORE,
         }
     }
 }
@@ -1409,6 +1405,6 @@ mod tests {
 
     #[test]
     fn default_delays_match_c_forkmon() {
-        assert_eq!(Delays::default(), Delays::from_millis(50, 200));
+        assert_eq!((DEFAULT_RESTART_MS, DEFAULT_IGNORE_MS), (50, 200));
     }
 }
