@@ -994,8 +994,16 @@ mod tests {
         let old = now - WAKE_UP_DATING * 2;
         WOKE_AT.set(Some(old));
         assert_eq!(noticed_at(now), now, "a wake-up long before the read");
+        // The hook records when it ran, and a read within the window after
+        // it is dated from then.
+        let before = Instant::now();
         note_wake_up();
-        assert!(noticed_at(Instant::now()) >= now);
+        let after = Instant::now();
+        let noticed = noticed_at(before + WAKE_UP_DATING);
+        assert!(
+            before <= noticed && noticed <= after,
+            "dated from the wake-up"
+        );
     }
 
     fn setup(names: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
