@@ -2,12 +2,17 @@
 //! what the kernel's events mean for those files.
 //!
 //! One inotify watch per directory, shared by all its watched files and
-//! reference-counted; events are matched to files by name. Every look-up
-//! here (`canonicalize`, `inotify_add_watch`) is made on the program's
-//! files, so callers hold the program user's credentials (see
-//! `credentials`) around [`Dirs::watch`] and [`Dirs::rewatch_lost`].
+//! reference-counted; events are matched to files by name. A watch follows
+//! an inode, a directory is known by its path: when the directory at a
+//! path goes away or is replaced (`rm -r dir; mkdir dir`), the path is
+//! watched anew (see [`Dirs::refresh`]), and while it is missing its parent
+//! is watched to see it come back.
+//!
+//! Every look-up here (`canonicalize`, `inotify_add_watch`) is made on the
+//! program's files, so callers hold the program user's credentials (see
+//! `credentials`) around [`Dirs::watch`] and [`Dirs::refresh`].
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::{OsStr, OsString},
     fs, io,
     path::{Path, PathBuf},
@@ -35,7 +40,12 @@ use super::{WatchError, debounce::EventKind};
 ///   `restart`, so a save in progress is not reported half-written; any
 ///   other event in the burst brings the usual `restart` deadline.
 /// - `DELETE_SELF`, `MOVE_SELF` (plus the implicit `IGNORED`, `UNMOUNT`):
-///   the directory itself went away; its files are re-checked.
+///   the directory itself went away; its files are re-checked. (Not sent
+///   while something keeps a deleted directory alive: see
+///   [`Dirs::refresh`].)
+///
+/// The parent of a directory that went away is watched with the same mask,
+/// for `CREATE` and `MOVED_TO` of the directory's name.
 ///
 /// `EXCL_UNLINK` drops events from files already unlinked from the directory
 /// (e.g. the old file after a rename-over, still open somewhere), and
@@ -110,14 +120,32 @@ fn watch_keys(file: &Path) -> Result<Vec<Key>, WatchError> {
     Ok(keys)
 }
 
+/// Whether an `inotify_add_watch` failed because there is no directory at
+/// that path (`ENOTDIR`: a file took its name, or one of its parents').
+fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+}
+
 #[derive(Default)]
 struct DirState {
     /// `None` when the directory went away; re-added at the next evaluation
-    /// or `watch`.
+    /// (or `watch`) if it is back.
     wd: Option<WatchDescriptor>,
     /// Watched names in this directory, and the watched files they stand for
     /// (usually one; more when symlinks lead to the same target).
     names: HashMap<OsString, Vec<PathBuf>>,
+    /// Subdirectories that went away, by name: this directory is watched to
+    /// see them come back.
+    lost: HashSet<OsString>,
+    /// A name went away from it since the last [`Dirs::refresh`]: the
+    /// directory itself may be going (`rm -r` empties it first).
+    emptied: bool,
+}
+
+impl DirState {
+    fn in_use(&self) -> bool {
+        !self.names.is_empty() || !self.lost.is_empty()
+    }
 }
 
 /// What events say about the watched files.
@@ -221,6 +249,7 @@ impl Dirs {
         let has_wd = self.dirs.get(dir).is_some_and(|d| d.wd.is_some());
         if !has_wd {
             self.add_watch(dir).map_err(|e| add_watch_error(dir, e))?;
+            self.stop_waiting(dir);
         }
         let files = self
             .dirs
@@ -247,12 +276,25 @@ impl Dirs {
                 state.names.remove(name);
             }
         }
-        if !state.names.is_empty() {
+        self.release(dir);
+    }
+
+    /// Forgets `dir`, and drops its watch, once nothing needs it: no watched
+    /// file in it, no lost subdirectory to wait for.
+    fn release(&mut self, dir: &Path) {
+        if self.dirs.get(dir).is_none_or(DirState::in_use) {
             return;
         }
-        let Some(wd) = self.dirs.remove(dir).and_then(|d| d.wd) else {
-            return;
-        };
+        if let Some(wd) = self.dirs.remove(dir).and_then(|d| d.wd) {
+            self.let_go(dir, wd);
+        }
+        // Its parent may have been watched only to see it come back.
+        self.stop_waiting(dir);
+    }
+
+    /// `dir` no longer uses watch `wd`, which is removed unless another
+    /// path still does.
+    fn let_go(&mut self, dir: &Path, wd: WatchDescriptor) {
         let id = wd.get_watch_descriptor_id();
         if let Some(paths) = self.wds.get_mut(&id) {
             paths.retain(|p| p != dir);
@@ -267,33 +309,125 @@ impl Dirs {
     }
 
     /// Adds the watch on `dir` and files it under that path: the one place
-    /// a watch is added, for a directory watched for the first time and for
-    /// one that went away and is back.
-    fn add_watch(&mut self, dir: &Path) -> io::Result<()> {
+    /// a watch is added, for a directory watched for the first time, one
+    /// that is back, and one that replaced the watched one under the same
+    /// path (whose watch is let go). Returns whether the directory at `dir`
+    /// is not the one watched there before (or none was).
+    fn add_watch(&mut self, dir: &Path) -> io::Result<bool> {
         let wd = self.inotify.get_ref().watches().add(dir, WATCH_MASK)?;
         let paths = self.wds.entry(wd.get_watch_descriptor_id()).or_default();
         if !paths.iter().any(|p| p == dir) {
             paths.push(dir.to_path_buf());
         }
-        self.dirs.entry(dir.to_path_buf()).or_default().wd = Some(wd);
-        Ok(())
+        let state = self.dirs.entry(dir.to_path_buf()).or_default();
+        match state.wd.replace(wd.clone()) {
+            // The kernel gives the same watch back for the same inode.
+            Some(old) if old == wd => Ok(false),
+            Some(old) => {
+                self.let_go(dir, old);
+                Ok(true)
+            }
+            None => Ok(true),
+        }
     }
 
-    /// Re-adds watches on directories that went away, if they are back.
-    /// Their files are pending already (see [`dir_lost`](Self::dir_lost)),
-    /// and the caller looks at them after this, with the watch in place.
-    pub(super) fn rewatch_lost(&mut self) {
-        let lost: Vec<PathBuf> = self
+    /// `dir` is gone: its parent is watched to see it come back (and the
+    /// parent's parent, if the parent is gone too).
+    fn wait_for(&mut self, dir: &Path) {
+        let Some((parent, name)) = split(dir) else {
+            return;
+        };
+        let state = self.dirs.entry(parent.clone()).or_default();
+        state.lost.insert(name);
+        if state.wd.is_some() {
+            return;
+        }
+        match self.add_watch(&parent) {
+            Ok(_) => {}
+            Err(e) if is_gone(&e) => self.wait_for(&parent),
+            // Retried at each refresh, as a lost directory.
+            Err(e) => log::debug!(
+                "watcher: cannot watch {} for {} to come back: {e}",
+                parent.display(),
+                dir.display()
+            ),
+        }
+    }
+
+    /// `dir` is watched again, or no longer needed: its parent stops
+    /// waiting for it.
+    fn stop_waiting(&mut self, dir: &Path) {
+        let Some((parent, name)) = split(dir) else {
+            return;
+        };
+        if let Some(state) = self.dirs.get_mut(&parent)
+            && state.lost.remove(&name)
+        {
+            self.release(&parent);
+        }
+    }
+
+    /// The watched files in `dir` and in its lost subdirectories.
+    fn files_under(&self, dir: &Path) -> Vec<PathBuf> {
+        let Some(state) = self.dirs.get(dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = state.names.values().flatten().cloned().collect();
+        for name in &state.lost {
+            files.extend(self.files_under(&dir.join(name)));
+        }
+        files
+    }
+
+    /// Watches each directory that may have gone or been replaced as it is
+    /// now: those whose watch went away ([`dir_lost`](Self::dir_lost)), and
+    /// those a name went away from since the last refresh. A directory
+    /// removed (`rm -r`) while something keeps it alive, as a checkpoint
+    /// holding the watched file open does, sends no `DELETE_SELF` until
+    /// then: its watch would stay on the deleted directory, and a new one
+    /// made under the same path would go unseen. The names it lost are the
+    /// only sign. Re-adding the watch by path tells: the same directory
+    /// gives the same watch back; another one gets a new watch, and the old
+    /// one is let go; none is waited for from the parent.
+    ///
+    /// Returns the files in the directories that are back, replaced or
+    /// gone, to be re-checked; the caller looks at them after this, with
+    /// the watches in place.
+    pub(super) fn refresh(&mut self) -> Vec<PathBuf> {
+        let mut suspects: Vec<PathBuf> = self
             .dirs
             .iter()
-            .filter(|(_, d)| d.wd.is_none())
+            .filter(|(_, d)| d.wd.is_none() || d.emptied)
             .map(|(dir, _)| dir.clone())
             .collect();
-        for dir in lost {
-            if let Err(e) = self.add_watch(&dir) {
-                log::debug!("watcher: cannot re-watch {}: {e}", dir.display());
+        // Parents first: one that is back is watched before its children.
+        suspects.sort();
+        let mut recheck = Vec::new();
+        for dir in suspects {
+            let Some(state) = self.dirs.get_mut(&dir) else {
+                continue; // released meanwhile
+            };
+            state.emptied = false;
+            match self.add_watch(&dir) {
+                Ok(false) => {}
+                Ok(true) => {
+                    log::debug!("watcher: watching {} again", dir.display());
+                    self.stop_waiting(&dir);
+                    recheck.extend(self.files_under(&dir));
+                }
+                Err(e) if is_gone(&e) => {
+                    // Its watch, if any, is on a directory no longer there.
+                    if let Some(old) = self.dirs.get_mut(&dir).and_then(|d| d.wd.take()) {
+                        log::debug!("watcher: directory {} went away", dir.display());
+                        self.let_go(&dir, old);
+                        recheck.extend(self.files_under(&dir));
+                    }
+                    self.wait_for(&dir);
+                }
+                Err(e) => log::debug!("watcher: cannot re-watch {}: {e}", dir.display()),
             }
         }
+        recheck
     }
 
     /// Waits until the kernel has events queued. Cancel-safe.
@@ -330,27 +464,38 @@ impl Dirs {
                 Err(source) => return Err(WatchError::Read { source }),
             }
         };
-        let changes = events
-            .into_iter()
-            .filter_map(|(wd, mask, name)| self.change(wd, mask, name.as_deref()))
-            .collect();
+        let mut changes = Vec::with_capacity(events.len());
+        for (wd, mask, name) in events {
+            self.interpret(wd, mask, name.as_deref(), &mut changes);
+        }
         Ok(Some(changes))
     }
 
-    /// What one event means for the watched files (`None`: nothing).
-    fn change(&mut self, wd: i32, mask: EventMask, name: Option<&OsStr>) -> Option<Change> {
+    /// What one event means for the watched files, added to `changes`.
+    fn interpret(
+        &mut self,
+        wd: i32,
+        mask: EventMask,
+        name: Option<&OsStr>,
+        changes: &mut Vec<Change>,
+    ) {
         if mask.contains(EventMask::Q_OVERFLOW) {
-            return Some(Change::Overflow);
+            changes.push(Change::Overflow);
+            return;
         }
-        // `None`: a watch we removed.
-        let dirs = self.wds.get(&wd)?;
+        let Some(dirs) = self.wds.get(&wd) else {
+            return; // a watch we removed
+        };
         if mask.intersects(
             EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::UNMOUNT,
         ) {
             let files = self.dir_lost(wd, mask.contains(EventMask::MOVE_SELF));
-            return Some(Change::Files(files, EventKind::Recheck));
+            changes.push(Change::Files(files, EventKind::Recheck));
+            return;
         }
-        let name = name?;
+        let Some(name) = name else {
+            return;
+        };
         let kind = if mask.contains(EventMask::MODIFY) {
             EventKind::Modify
         } else {
@@ -365,13 +510,31 @@ impl Dirs {
         for file in &files {
             log::trace!("watcher: {mask:?} on {}", file.display());
         }
-        Some(Change::Files(files, kind))
+        // A lost subdirectory of that name may be back: its files are
+        // re-checked, and the evaluation watches it again.
+        let back: Vec<PathBuf> = dirs
+            .iter()
+            .filter(|dir| self.dirs.get(*dir).is_some_and(|d| d.lost.contains(name)))
+            .flat_map(|dir| self.files_under(&dir.join(name)))
+            .collect();
+        if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+            for dir in dirs {
+                if let Some(state) = self.dirs.get_mut(dir) {
+                    state.emptied = true;
+                }
+            }
+        }
+        changes.push(Change::Files(files, kind));
+        if !back.is_empty() {
+            changes.push(Change::Files(back, EventKind::Recheck));
+        }
     }
 
     /// The directory behind watch `wd` was deleted, moved or unmounted: its
     /// watch is gone (or, when moved, now watches another place and is
-    /// removed). Returns the files in it, to be re-checked; the watch is
-    /// re-added at the next evaluation if the path exists again.
+    /// removed). Returns the files in it, to be re-checked; the next
+    /// [`refresh`](Self::refresh) watches the path again if it exists, or
+    /// its parent.
     fn dir_lost(&mut self, wd: i32, remove: bool) -> Vec<PathBuf> {
         let Some(dirs) = self.wds.remove(&wd) else {
             return Vec::new();
@@ -382,8 +545,8 @@ impl Dirs {
             log::debug!("watcher: directory {} went away", dir.display());
             if let Some(state) = self.dirs.get_mut(dir) {
                 descriptor = state.wd.take().or(descriptor);
-                files.extend(state.names.values().flatten().cloned());
             }
+            files.extend(self.files_under(dir));
         }
         if remove
             && let Some(descriptor) = descriptor

@@ -9,7 +9,9 @@
 //!   inotify watch per directory, shared by all its watched files and
 //!   reference-counted), and events are matched by name. A file reached
 //!   through a symlink is also watched under its target's directory, so edits
-//!   to the target are seen too.
+//!   to the target are seen too. A directory replaced under the same path
+//!   (`rm -r dir; mkdir dir`) is watched anew, and one that is gone is
+//!   waited for from its parent.
 //! - **Identity decides.** Events only say "look now"; a file has changed when
 //!   its [`Identity`] (dev, inode, size, mtime, ctime; symlinks followed)
 //!   differs from the baseline given to [`Watcher::watch_with_baseline`] or
@@ -44,7 +46,7 @@ pub use debounce::{DEFAULT_IGNORE_MS, DEFAULT_RESTART_MS, Delays, EVALUATION_LEA
 pub use identity::Identity;
 pub use wake::note_wake_up;
 
-use debounce::{Debounce, Step};
+use debounce::{Debounce, EventKind, Step};
 use dirs::{Change, Dirs};
 use identity::stat;
 use timer::Timer;
@@ -188,7 +190,9 @@ impl Watcher {
         // See `watch_with_baseline`: a file that became a symlink to one the
         // user may not reach is missing, not compared.
         let _as_user = crate::credentials::as_program_user();
-        self.dirs.rewatch_lost();
+        for file in self.dirs.refresh() {
+            self.debounce.mark(&file, EventKind::Recheck, now);
+        }
         self.debounce.evaluate(now, stat)
     }
 }
@@ -427,6 +431,68 @@ mod tests {
             .unwrap();
         assert_eq!(batch, vec![p[0].clone()]);
         assert_eq!(w.debounce.baseline(&p[0]), None);
+    }
+
+    /// The watched file's directory is removed and made again (`rm -r`,
+    /// `mkdir`, write): the new file is reported, once, and so are later
+    /// edits. While the old file is open (as a checkpoint keeps it), it
+    /// keeps the old directory alive, and the kernel says nothing about that
+    /// directory going until it is closed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_replaced_directory_is_watched_again() {
+        for held_open in [false, true] {
+            let top = tempfile::tempdir().unwrap();
+            let dir = top.path().join("sub");
+            fs::create_dir(&dir).unwrap();
+            let file = dir.join("data.txt");
+            fs::write(&file, "old\n").unwrap();
+            let mut w = watcher(20, 200);
+            watch(&mut w, &file);
+            let held = held_open.then(|| fs::File::open(&file).unwrap());
+            fs::remove_dir_all(&dir).unwrap();
+            fs::create_dir(&dir).unwrap();
+            fs::write(&file, "new\n").unwrap();
+            assert_eq!(next(&mut w).await, vec![file.clone()], "held: {held_open}");
+            assert!(up_to_date(&w, &file), "held: {held_open}");
+            quiet(&mut w, 300).await;
+            fs::write(&file, "newer\n").unwrap();
+            assert_eq!(next(&mut w).await, vec![file.clone()], "held: {held_open}");
+            // The old directory's end, announced now, changes nothing.
+            drop(held);
+            quiet(&mut w, 300).await;
+            w.unwatch(&file);
+            assert!(w.dirs.is_empty());
+            assert_eq!(w.dirs.watch_count(), (0, 0));
+        }
+    }
+
+    /// A directory gone for longer than the grace is waited for from its
+    /// parent: once it is back, its file is seen again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_directory_back_after_the_grace_is_watched_again() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("sub");
+        fs::create_dir(&dir).unwrap();
+        let file = dir.join("data.txt");
+        fs::write(&file, "old\n").unwrap();
+        let mut w = watcher(20, 200);
+        watch(&mut w, &file);
+        fs::remove_dir_all(&dir).unwrap();
+        let gone = tokio::time::timeout(MISSING_GRACE + PATIENCE, changed(&mut w))
+            .await
+            .expect("deletion not reported")
+            .unwrap();
+        assert_eq!(gone, vec![file.clone()]);
+        assert_eq!(w.debounce.baseline(&file), None);
+        fs::create_dir(&dir).unwrap();
+        fs::write(&file, "new\n").unwrap();
+        assert_eq!(next(&mut w).await, vec![file.clone()]);
+        assert!(up_to_date(&w, &file));
+        assert_eq!(w.dirs.watch_count(), (1, 1), "the parent is let go");
+        fs::write(&file, "newer\n").unwrap();
+        assert_eq!(next(&mut w).await, vec![file.clone()]);
+        w.unwatch(&file);
+        assert!(w.dirs.is_empty());
     }
 
     #[tokio::test(flavor = "current_thread")]
