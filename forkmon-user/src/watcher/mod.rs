@@ -294,26 +294,39 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn imminent_comes_once_just_before_the_evaluation() {
-        let (_dir, p) = setup(&["x"]);
-        let delay = Duration::from_millis(300);
-        let mut w = watcher(delay.as_millis() as u64, 200);
-        watch(&mut w, &p[0]);
-        let saved = Instant::now();
-        fs::write(&p[0], "new\n").unwrap();
-        assert_eq!(
-            any_event(&mut w).await,
-            WatchEvent::Touched(vec![p[0].clone()])
-        );
-        fs::write(&p[0], "newer\n").unwrap();
-        assert_eq!(any_event(&mut w).await, WatchEvent::Imminent);
-        // The delay counts from when the watcher saw the first event, after
-        // `saved`: these are lower bounds.
-        assert!(saved.elapsed() >= delay - EVALUATION_LEAD);
-        assert_eq!(
-            any_event(&mut w).await,
-            WatchEvent::Changed(vec![p[0].clone()])
-        );
-        assert!(saved.elapsed() >= delay);
+        // It comes only if the watcher wakes within the lead of the deadline;
+        // woken later (a loaded machine: one run in three at load 7 on this
+        // VM), it evaluates at once without it, by design. So a few tries,
+        // each checking the order and the timing.
+        for _ in 0..5 {
+            let (_dir, p) = setup(&["x"]);
+            let delay = Duration::from_millis(300);
+            let mut w = watcher(delay.as_millis() as u64, 200);
+            watch(&mut w, &p[0]);
+            let saved = Instant::now();
+            fs::write(&p[0], "new\n").unwrap();
+            assert_eq!(
+                any_event(&mut w).await,
+                WatchEvent::Touched(vec![p[0].clone()])
+            );
+            fs::write(&p[0], "newer\n").unwrap();
+            let changed = WatchEvent::Changed(vec![p[0].clone()]);
+            let event = any_event(&mut w).await;
+            let imminent = event == WatchEvent::Imminent;
+            if imminent {
+                // The delay counts from when the watcher saw the first
+                // event, after `saved`: these are lower bounds.
+                assert!(saved.elapsed() >= delay - EVALUATION_LEAD);
+                assert_eq!(any_event(&mut w).await, changed);
+            } else {
+                assert_eq!(event, changed);
+            }
+            assert!(saved.elapsed() >= delay);
+            if imminent {
+                return;
+            }
+        }
+        panic!("never imminent in five tries");
     }
 
     #[tokio::test(flavor = "current_thread")]
