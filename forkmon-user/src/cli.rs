@@ -91,7 +91,7 @@ pub struct RunArgs {
         long,
         value_name = "MS",
         env = "FORKMON_RESTART_DELAY",
-        default_value_t = 50,
+        default_value_t = crate::watcher::DEFAULT_RESTART_MS,
         allow_hyphen_values = true
     )]
     pub restart_delay: u64,
@@ -102,7 +102,7 @@ pub struct RunArgs {
         long,
         value_name = "MS",
         env = "FORKMON_IGNORE_DELAY",
-        default_value_t = 200,
+        default_value_t = crate::watcher::DEFAULT_IGNORE_MS,
         allow_hyphen_values = true
     )]
     pub ignore_delay: u64,

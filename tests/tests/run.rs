@@ -602,3 +602,38 @@ fn bad_options_get_one_line_errors_before_the_program_starts() {
         assert!(!marker.exists(), "the program must not start");
     }
 }
+
+/// The watched file's directory is removed and made again: the resume sees
+/// the new file, and later edits of it are seen (the watch follows the
+/// directory's name, not the inode that was deleted).
+#[test]
+fn a_replaced_directory_is_watched_again() {
+    if !bpf_available("a_replaced_directory_is_watched_again") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    let sub = d.join("sub");
+    fs::create_dir(&sub).unwrap();
+    write(&sub, "data.txt", "one\n");
+    let forkmon = Forkmon::start(
+        d,
+        &[],
+        &[
+            fixture("watched").to_str().unwrap(),
+            "syscall",
+            "sub/data.txt",
+        ],
+    );
+    forkmon.wait_stdout("content=one", 1);
+    fs::remove_dir_all(&sub).unwrap();
+    fs::create_dir(&sub).unwrap();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    write(&sub, "data.txt", "two\n");
+    forkmon.wait_stdout("content=two", 1);
+    save_in_place(&sub.join("data.txt"), "three\n");
+    forkmon.wait_stdout("content=three", 1);
+    let out = forkmon.stdout();
+    assert_eq!(out.matches("content=one").count(), 1, "{out}");
+    assert_eq!(out.matches("startup").count(), 1, "{out}");
+}
