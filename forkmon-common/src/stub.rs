@@ -44,10 +44,21 @@ pub const fn spin_command(budget_us: u64) -> u64 {
     CMD_SPIN | budget_us << 16
 }
 
+/// Or'ed into `CMD_CHECKPOINT`: the file opened is a cache that stands
+/// for its source (a Python bytecode cache): every child but the first
+/// sees the open fail with `ENOENT`, so that the program reads the source
+/// that changed, as it does when a cache is missing.
+pub const CHECKPOINT_CACHE: u64 = 1 << 9;
+
 /// `CMD_CHECKPOINT` for an open made with `syscall` (an
-/// [`open_syscall`](crate::open_syscall) value).
-pub const fn checkpoint_command(syscall: u32) -> u64 {
-    CMD_CHECKPOINT | (syscall as u64) << 16
+/// [`open_syscall`](crate::open_syscall) value), of a cache or not.
+pub const fn checkpoint_command(syscall: u32, cache: bool) -> u64 {
+    let command = CMD_CHECKPOINT | (syscall as u64) << 16;
+    if cache {
+        command | CHECKPOINT_CACHE
+    } else {
+        command
+    }
 }
 
 /// The syscall a `CMD_CHECKPOINT` value was sent for.
@@ -258,10 +269,13 @@ mod tests {
             open_syscall::OPENAT,
             open_syscall::OPENAT2,
         ] {
-            let value = checkpoint_command(syscall);
-            assert_eq!(value & CMD_MASK, CMD_CHECKPOINT);
-            assert_eq!(checkpoint_syscall(value), syscall);
-            assert_eq!(spin_budget_us(value), 0, "not a spin command");
+            for cache in [false, true] {
+                let value = checkpoint_command(syscall, cache);
+                assert_eq!(value & CMD_MASK, CMD_CHECKPOINT);
+                assert_eq!(checkpoint_syscall(value), syscall);
+                assert_eq!(value & CHECKPOINT_CACHE != 0, cache);
+                assert_eq!(spin_budget_us(value), 0, "not a spin command");
+            }
         }
     }
 }

@@ -45,8 +45,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 use forkmon_common::open_syscall;
 use forkmon_common::stub::{
-    CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH, ENV_SOCKET, Message,
-    REOPEN_MARK, StubMessage, checkpoint_syscall, spin_budget_us,
+    CHECKPOINT_CACHE, CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH,
+    ENV_SOCKET, Message, REOPEN_MARK, StubMessage, checkpoint_syscall, spin_budget_us,
 };
 
 /// The registration socket shared by the whole tree.
@@ -291,7 +291,11 @@ extern "C" fn handler(sig: i32, info: *mut libc::siginfo_t, context: *mut libc::
         };
         let answer = answer_within(ANSWER_POLL_US);
         if answer & CMD_MASK == CMD_CHECKPOINT {
-            let call = open_call(context.cast(), checkpoint_syscall(answer));
+            let call = OpenCall {
+                cache: answer & CHECKPOINT_CACHE != 0,
+                context: context.cast(),
+                ..open_call(context.cast(), checkpoint_syscall(answer))
+            };
             checkpoint(me, fd, &call, early);
         } else if let Some(child) = early {
             child.discard();
@@ -315,6 +319,11 @@ struct OpenCall {
     path: *const libc::c_char,
     flags: i32,
     mode: libc::mode_t,
+    /// The file is a cache standing for its source (see
+    /// `CHECKPOINT_CACHE`): children after the first see the open fail.
+    cache: bool,
+    /// The handler's context, where the open's result is returned.
+    context: *mut libc::ucontext_t,
 }
 
 /// Reads `syscall`'s arguments (an `open_syscall` value) back from the
@@ -334,6 +343,8 @@ unsafe fn open_call(context: *const libc::ucontext_t, syscall: u32) -> OpenCall 
             path: first as *const libc::c_char,
             flags: second as i32,
             mode: third as libc::mode_t,
+            cache: false,
+            context: ptr::null_mut(),
         },
         open_syscall::OPENAT2 => {
             // SAFETY: the kernel just read this `struct open_how` (flags,
@@ -344,6 +355,8 @@ unsafe fn open_call(context: *const libc::ucontext_t, syscall: u32) -> OpenCall 
                 path: second as *const libc::c_char,
                 flags: how[0] as i32,
                 mode: how[1] as libc::mode_t,
+                cache: false,
+                context: ptr::null_mut(),
             }
         }
         _ => OpenCall {
@@ -351,6 +364,8 @@ unsafe fn open_call(context: *const libc::ucontext_t, syscall: u32) -> OpenCall 
             path: second as *const libc::c_char,
             flags: third as i32,
             mode: argument(libc::REG_R10) as libc::mode_t,
+            cache: false,
+            context: ptr::null_mut(),
         },
     }
 }
@@ -541,6 +556,9 @@ unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild
     unsafe {
         let mut children = Children::new();
         // What the next fork is for: None, the first child forked early.
+        // The first child continues the program: the early one, or the
+        // first forked here.
+        let mut first = early.is_none();
         let mut next_standby = match early {
             Some(child) => {
                 let pid = child.pid;
@@ -577,7 +595,9 @@ unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild
                 // than fork one nobody would reap or report.
                 fail(me, fd, libc::EAGAIN, false);
             } else if let Some(standby) = next_standby {
-                match fork_child(me, fd, call, standby) {
+                // Every child but the first runs after a change.
+                let resumed = !core::mem::replace(&mut first, false);
+                match fork_child(me, fd, call, standby, resumed) {
                     Forked::Child => return,
                     Forked::Parent(child) => children.add(child),
                     Forked::Failed(errno) => {
@@ -605,12 +625,18 @@ enum Forked {
     Failed(i32),
 }
 
-unsafe fn fork_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool) -> Forked {
+unsafe fn fork_child(
+    checkpoint: i32,
+    fd: i32,
+    call: &OpenCall,
+    standby: bool,
+    resumed: bool,
+) -> Forked {
     // SAFETY: _Fork is async-signal-safe; the child only makes raw calls.
     unsafe {
         match _Fork() {
             0 => {
-                become_child(checkpoint, fd, call, standby);
+                become_child(checkpoint, fd, call, standby, resumed);
                 Forked::Child
             }
             child if child > 0 => Forked::Parent(child),
@@ -636,7 +662,7 @@ unsafe fn fail(me: i32, fd: i32, errno: i32, gave_up: bool) {
 /// In a fresh child: die with the checkpoint, register, wait to be told to
 /// run, then re-open the file so this run has its own offset and sees the
 /// file as it is *now*.
-unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool) {
+unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool, resumed: bool) {
     // SAFETY: raw syscalls on our fds and buffers.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -664,6 +690,14 @@ unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool)
         // fork, and forkmon answers its opens once it has its registration.
         if standby {
             wait_for_go();
+        }
+        if resumed && call.cache && !call.context.is_null() {
+            // The cache is as it was at the checkpoint, and importlib has
+            // validated it against the source as it was then: make the
+            // program find no cache, so it reads the source that changed.
+            libc::close(fd);
+            (*call.context).uc_mcontext.gregs[libc::REG_RAX as usize] = -libc::ENOENT as i64;
+            return;
         }
         // Marked, so the eBPF program does not signal this open. (An
         // `openat2` is re-opened as an `openat`: its resolve flags were

@@ -12,7 +12,11 @@
 //! Filters come from `--filter GLOB` (repeatable, `!GLOB` excludes) and from
 //! the C-forkmon compatible `FORKMON_FILTER` (Lua patterns separated by `;`).
 //! With neither, the filter is "files under the base directory" (the
-//! directory forkmon was started in).
+//! directory forkmon was started in). The default and name or relative
+//! globs leave out the environment's directories (version control,
+//! dependencies, caches, a Python standard library: see
+//! [`ENVIRONMENT_DIRS`]) unless the glob names them; absolute globs and Lua
+//! patterns match what they say.
 //!
 //! Lua patterns are matched by the small port of Lua 5.4's matcher in
 //! [`lua`] rather than by the `lua-patterns` crate: the crate panics on
@@ -21,6 +25,7 @@
 //! past the end of its buffers, and writes into the subject on
 //! back-references. The crate remains a test oracle.
 use std::{
+    ffi::OsStr,
     os::unix::ffi::OsStrExt,
     path::{Component, Path, PathBuf},
 };
@@ -54,6 +59,44 @@ fn clean(path: &Path) -> PathBuf {
     path.components()
         .filter(|c| !matches!(c, Component::CurDir))
         .collect()
+}
+
+/// Directories whose files are the environment's, not the user's work:
+/// version control, dependencies and caches.
+const ENVIRONMENT_DIRS: &[&str] = &[
+    ".git",
+    ".hg",
+    ".svn",
+    "node_modules",
+    "__pycache__",
+    "site-packages",
+    "dist-packages",
+    ".venv",
+    "venv",
+    ".tox",
+    ".nox",
+    ".mypy_cache",
+    ".pytest_cache",
+];
+
+/// Whether `path` goes through an environment directory — one of
+/// [`ENVIRONMENT_DIRS`], or a Python standard library (`lib/python3.11`)
+/// — and the first it goes through is not named in `named` (a glob's
+/// text).
+fn in_environment(path: &Path, named: &str) -> bool {
+    let mut parent: Option<&OsStr> = None;
+    for component in path.parent().into_iter().flat_map(Path::components) {
+        let name = component.as_os_str();
+        let stdlib = name.as_bytes().starts_with(b"python")
+            && parent.is_some_and(|p| p == "lib" || p == "lib64");
+        let environment = stdlib || ENVIRONMENT_DIRS.iter().any(|dir| name == *dir);
+        if environment {
+            // Once the glob names one, what lies below is what it means.
+            return !named.contains(&*name.to_string_lossy());
+        }
+        parent = Some(name);
+    }
+    false
 }
 
 /// The user's choice of files to checkpoint at.
@@ -114,13 +157,15 @@ impl Filter {
 
     fn is_included(&self, abs_path: &Path) -> bool {
         if self.is_default() {
-            return abs_path.starts_with(&self.base) && abs_path != self.base;
+            return abs_path
+                .strip_prefix(&self.base)
+                .is_ok_and(|below| !below.as_os_str().is_empty() && !in_environment(below, ""));
         }
         let bytes = abs_path.as_os_str().as_bytes();
-        self.includes
-            .iter()
-            .any(|glob| glob.matches(abs_path, &self.base))
-            || self.lua.iter().any(|pattern| lua_matches(pattern, bytes))
+        self.includes.iter().any(|glob| {
+            glob.matches(abs_path, &self.base)
+                && !glob.reaches_into_environment(abs_path, &self.base)
+        }) || self.lua.iter().any(|pattern| lua_matches(pattern, bytes))
     }
 
     /// Only excludes (or nothing) given: they narrow the default.
@@ -233,6 +278,21 @@ impl PathGlob {
         }
     }
 
+    /// Whether `abs_path` lies in an environment directory (see
+    /// [`in_environment`]) that the glob does not name itself: a name glob
+    /// (`*.py`) means the user's files, not the standard library's; a
+    /// relative one (`**/*.py`) not a virtual environment's, unless it says
+    /// `.venv/**`. An absolute glob names what it means.
+    fn reaches_into_environment(&self, abs_path: &Path, base: &Path) -> bool {
+        match self.scope {
+            Scope::Absolute => false,
+            Scope::Name => in_environment(abs_path, ""),
+            Scope::Relative => abs_path
+                .strip_prefix(base)
+                .is_ok_and(|below| in_environment(below, &self.text)),
+        }
+    }
+
     /// Every match ends with the glob's final literal run, and that run lies
     /// after its last `/`, so within the file name — which is also how the
     /// path as passed ends, relative or not.
@@ -319,6 +379,13 @@ impl Prefilter {
                 Rule::Suffix(suffix) => suffixes.push(suffix),
                 Rule::Prefix(prefix) => prefixes.push(prefix),
             }
+        }
+        // Python opens a module's bytecode cache rather than its source
+        // (`__pycache__/mod.cpython-311.pyc` for `mod.py`), and forkmon
+        // checkpoints a cache as its source (see `python`): a filter that
+        // may match sources must let caches through.
+        if suffixes.iter().any(|s: &Vec<u8>| s.ends_with(b"py")) {
+            suffixes.push(b".pyc".to_vec());
         }
         let suffixes = minimal(suffixes, |long, short| long.ends_with(short));
         let prefixes = minimal(prefixes, |long, short| long.starts_with(short));
@@ -986,6 +1053,47 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_is_left_out_unless_named() {
+        let matches = |globs: &[&str], path: &str| filter(globs, None).matches(Path::new(path));
+        let base = "/home/u/p";
+        // The default: under the base, but not in its environment.
+        assert!(matches(&[], &format!("{base}/app.py")));
+        assert!(matches(&[], &format!("{base}/src/mod.py")));
+        for env in [
+            ".venv/lib/python3.11/site-packages/numpy/__init__.py",
+            "env/lib/python3.11/site-packages/x.py",
+            "node_modules/left-pad/index.js",
+            ".git/HEAD",
+            "__pycache__/mod.cpython-311.pyc",
+        ] {
+            assert!(!matches(&[], &format!("{base}/{env}")), "{env}");
+        }
+        // Name globs: the user's files, not the standard library's.
+        assert!(matches(&["*.py"], &format!("{base}/app.py")));
+        assert!(matches(&["*.py"], "/elsewhere/lib/mine.py"));
+        assert!(!matches(&["*.py"], "/usr/lib/python3.11/json/__init__.py"));
+        assert!(!matches(
+            &["*.py"],
+            "/root/.pyenv/versions/3.11.7/lib/python3.11/enum.py"
+        ));
+        // Named explicitly.
+        assert!(matches(
+            &[".venv/**/*.py"],
+            &format!("{base}/.venv/lib/python3.11/site-packages/x.py")
+        ));
+        assert!(matches(
+            &["/usr/lib/python3.11/**"],
+            "/usr/lib/python3.11/json/__init__.py"
+        ));
+        assert!(!matches(
+            &["**/*.py"],
+            &format!("{base}/.venv/lib/python3.11/site-packages/x.py")
+        ));
+        let lua = filter(&[], Some("%.py$"));
+        assert!(lua.matches(Path::new("/usr/lib/python3.11/json/__init__.py")));
+    }
+
+    #[test]
     fn prefilter_derivation() {
         let pf = |globs: &[&str], lua| filter(globs, lua).prefilter();
         assert_eq!(pf(&["*.lua"], None), only(&[".lua"], &[]));
@@ -1027,6 +1135,9 @@ mod tests {
         assert_eq!(pf(&[], Some("%a$")), Prefilter::ACCEPT_ALL);
         assert_eq!(pf(&[], Some("/$")), Prefilter::ACCEPT_ALL);
         assert_eq!(pf(&[], Some("lua")), Prefilter::ACCEPT_ALL);
+        // A filter that may match Python sources lets their caches through.
+        assert_eq!(pf(&["*.py"], None), only(&[".py", ".pyc"], &[]));
+        assert_eq!(pf(&["app.py"], None), only(&[".pyc", "app.py"], &[]));
         assert_eq!(pf(&["*.lua"], Some("x")), Prefilter::ACCEPT_ALL);
         let many: Vec<String> = (0..9).map(|i| format!("*.e{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();

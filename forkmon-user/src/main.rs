@@ -16,6 +16,7 @@ mod output;
 mod paths;
 mod priority;
 mod procfs;
+mod python;
 mod run;
 mod supervisor;
 mod target;

@@ -94,6 +94,11 @@ pub trait System: Kernel {
     fn kill(&mut self, pid: i32);
     /// What `pid`'s fd `fd` is, if it is a regular file.
     fn opened_file(&self, pid: i32, fd: i64) -> Option<Identity>;
+    /// What `path` is, looked at as the program's user; `None` if it is no
+    /// regular file it can reach.
+    fn file(&self, path: &Path) -> Option<Identity>;
+    /// The source a cache file (Python's bytecode) stands for, by name.
+    fn source_of_cache(&self, path: &Path) -> Option<PathBuf>;
     fn threads(&self, pid: i32) -> usize;
     fn policy(&self, pid: i32) -> Policy;
     fn give(&mut self, policy: Policy, pid: i32);
@@ -355,13 +360,23 @@ impl<S: System> Supervisor<S> {
         // whether it is a regular file, and gives the identity the watch
         // compares with, so a save between the open and the watch is still
         // seen as a change.
-        let opened = self.system.opened_file(pid, candidate.fd);
-        let checkpoint = match (&candidate.path, opened) {
+        let mut opened = self.system.opened_file(pid, candidate.fd);
+        let mut path = candidate.path;
+        // A bytecode cache stands for its source (see `python`): the
+        // source is what is matched, watched and named.
+        let source = path
+            .as_deref()
+            .and_then(|p| self.system.source_of_cache(p))
+            .and_then(|source| Some((self.system.file(&source)?, source)));
+        let cache = opened.is_some() && source.is_some();
+        if let (true, Some((identity, source))) = (cache, source) {
+            (opened, path) = (Some(identity), Some(source));
+        }
+        let checkpoint = match (&path, opened) {
             (Some(path), Some(_)) => self.should_checkpoint(pid, path),
             _ => false,
         };
-        let (Program::Running { group, .. }, true, Some(path)) =
-            (self.program, checkpoint, candidate.path)
+        let (Program::Running { group, .. }, true, Some(path)) = (self.program, checkpoint, path)
         else {
             // The eBPF program armed its next child, in case the stub
             // forked before this verdict; a child forked later is the
@@ -388,7 +403,7 @@ impl<S: System> Supervisor<S> {
         // set when it signalled this open. The stub may have forked it
         // already, before this verdict.
         self.system
-            .send(pid, stub::checkpoint_command(candidate.syscall))?;
+            .send(pid, stub::checkpoint_command(candidate.syscall, cache))?;
         // While it forks. Its child may read the file before the watch is
         // in place: a save meanwhile still shows against `opened`.
         match self.system.watch(&path, opened) {

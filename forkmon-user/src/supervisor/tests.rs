@@ -51,6 +51,8 @@ struct FakeSystem {
     watch_error: bool,
     /// Processes that closed the fds forkmon gave them.
     closed_fds: HashSet<i32>,
+    /// Files that exist, as the program's user sees them.
+    files: HashSet<PathBuf>,
 }
 
 impl FakeSystem {
@@ -66,6 +68,7 @@ impl FakeSystem {
             regular: true,
             watch_error: false,
             closed_fds: HashSet::new(),
+            files: HashSet::new(),
         }
     }
 
@@ -187,6 +190,20 @@ impl System for FakeSystem {
             mtime_ns: 0,
             ctime_ns: 0,
         })
+    }
+
+    fn file(&self, path: &Path) -> Option<Identity> {
+        self.files.contains(path).then_some(Identity {
+            dev: 1,
+            ino: 99,
+            size: 4,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        })
+    }
+
+    fn source_of_cache(&self, path: &Path) -> Option<PathBuf> {
+        crate::python::source_of_cache(path, None)
     }
 
     fn threads(&self, pid: i32) -> usize {
@@ -317,7 +334,7 @@ impl Supervisor<FakeSystem> {
 }
 
 fn checkpoint_command() -> u64 {
-    stub::checkpoint_command(open_syscall::OPENAT)
+    stub::checkpoint_command(open_syscall::OPENAT, false)
 }
 
 #[test]
@@ -762,4 +779,27 @@ fn no_more_checkpoints_than_the_most_kept_at_once() {
     assert_eq!(s.chain.len(), 3);
     assert!(s.warned_max);
     assert_eq!(s.sent_to_last(leaf), CMD_GO, "the rest run on");
+}
+
+#[test]
+fn a_bytecode_cache_is_a_checkpoint_at_its_source() {
+    let mut s = supervisor();
+    s.take_did();
+    s.system.files.insert("/w/mod.py".into());
+    s.opens(TARGET, "__pycache__/mod.cpython-311.pyc");
+    assert_eq!(
+        s.take_did(),
+        [
+            Did::Sent(TARGET, stub::checkpoint_command(open_syscall::OPENAT, true)),
+            Did::Watched("/w/mod.py".into())
+        ]
+    );
+    assert_eq!(s.chain[0].file, Path::new("/w/mod.py"));
+    // Without its source, a cache is a file like any other.
+    s.forks(TARGET, 101, false);
+    s.opens(101, "__pycache__/gone.cpython-311.pyc");
+    assert_eq!(
+        s.sent_to_last(101),
+        stub::checkpoint_command(open_syscall::OPENAT, false)
+    );
 }

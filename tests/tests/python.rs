@@ -1,0 +1,126 @@
+//! Python as its users run it: bytecode caches on (the development
+//! machines' PYTHONDONTWRITEBYTECODE and PYTHONUNBUFFERED are removed from
+//! the program's environment), caches made by an earlier run.
+mod support;
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use support::{bpf_available, live::Forkmon};
+
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Python's ordinary settings, whatever this machine exports.
+fn as_users_run_it(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("PYTHONDONTWRITEBYTECODE")
+        .env_remove("PYTHONUNBUFFERED")
+        .env_remove("PYTHONPYCACHEPREFIX")
+}
+
+/// Saves `content` the way most editors do: a new file renamed over.
+fn save(path: &Path, content: &str) {
+    let tmp = path.with_extension("swp");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+const MAIN: &str = "import json, email.parser, decimal\n\
+                    print('start-up', flush=True)\n\
+                    import mod\n\
+                    print('value:', mod.VALUE, flush=True)\n";
+
+/// A project whose module has a bytecode cache, as after any earlier run.
+/// `compile`: extra arguments for the run that makes the caches.
+fn project_with_caches(d: &Path, python_flags: &[&str], compile: Option<&str>) {
+    fs::write(d.join("main.py"), MAIN).unwrap();
+    fs::write(d.join("mod.py"), "VALUE = 'one'\n").unwrap();
+    if let Some(mode) = compile {
+        let compile = format!(
+            "import py_compile as c; \
+             c.compile('mod.py', invalidation_mode=c.PycInvalidationMode.{mode})"
+        );
+        let status = as_users_run_it(
+            Command::new("python3")
+                .current_dir(d)
+                .args(["-c", &compile]),
+        )
+        .status()
+        .unwrap();
+        assert!(status.success());
+    }
+    let out = as_users_run_it(Command::new("python3").current_dir(d))
+        .args(python_flags)
+        .arg("main.py")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("value: one"));
+    let caches: Vec<_> = fs::read_dir(d.join("__pycache__"))
+        .expect("the earlier run made caches")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(caches.iter().any(|c| c.starts_with("mod.")), "{caches:?}");
+}
+
+#[test]
+fn a_module_with_a_bytecode_cache_resumes_with_its_new_source() {
+    if !bpf_available("a_module_with_a_bytecode_cache_resumes_with_its_new_source") {
+        return;
+    }
+    // (filter, python flags, how the cache was made)
+    for (options, flags, compile) in [
+        (&[][..], &[][..], None),
+        (&["--filter", "*.py"][..], &[][..], None),
+        (&[][..], &["-O"][..], None),
+        (&[][..], &[][..], Some("CHECKED_HASH")),
+    ] {
+        let what = format!("{options:?} {flags:?} {compile:?}");
+        let dir = scratch();
+        let d = dir.path();
+        project_with_caches(d, flags, compile);
+        let program: Vec<&str> = ["python3"]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .chain(["main.py"])
+            .collect();
+        let forkmon = Forkmon::start_with(d, options, &program, |cmd| {
+            as_users_run_it(cmd);
+        });
+        forkmon.wait_stdout("value: one", 1);
+        let watch = format!("[forkmon] watch '{}'", d.join("mod.py").display());
+        forkmon.wait_stderr(&watch, 1);
+        assert!(
+            !forkmon.stderr().contains(".pyc'"),
+            "{what}: caches are named by their source\n{}",
+            forkmon.stderr()
+        );
+        save(&d.join("mod.py"), "VALUE = 'two'\n");
+        forkmon.wait_stdout("value: two", 1);
+        save(&d.join("mod.py"), "VALUE = 'three'\n");
+        forkmon.wait_stdout("value: three", 1);
+        assert_eq!(
+            forkmon.stdout().matches("start-up").count(),
+            1,
+            "{what}: start-up is not run again\n{}",
+            forkmon.stdout()
+        );
+        assert!(
+            fs::read_dir(d.join("__pycache__")).unwrap().count() > 0,
+            "forkmon removes no cache"
+        );
+        let err = forkmon.stderr();
+        assert!(
+            !err.contains("python3.11/json"),
+            "{what}: the standard library is not the user's: {err}"
+        );
+    }
+}
