@@ -1,0 +1,57 @@
+//! What the cgroup tests share: starting and observing the processes they
+//! put into groups.
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::process::ExitStatusExt as _,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::{GroupId, Session};
+
+/// Start `sh -c script` in `group`, before it runs any of `script`.
+pub(super) fn spawn_in(session: &Session, group: GroupId, script: &str) -> Child {
+    let mut child = Command::new("sh")
+        .args(["-c", "read x || exit 1; exec sh -c \"$1\"", "sh", script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    session.add_process(group, child.id() as i32).unwrap();
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    child
+}
+
+/// State letter of a process in /proc/<pid>/stat.
+pub(super) fn state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+pub(super) fn dead(pid: i32) -> bool {
+    matches!(state(pid), None | Some('Z' | 'X'))
+}
+
+pub(super) fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+pub(super) fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub(super) fn killed(child: &mut Child) -> bool {
+    child.try_wait().unwrap().and_then(|s| s.signal()) == Some(libc::SIGKILL)
+}
+
+pub(super) fn alive(child: &mut Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
