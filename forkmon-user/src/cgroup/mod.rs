@@ -77,10 +77,19 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum CgroupError {
     #[error("forkmon needs cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup/unified)")]
     NoCgroup2,
-    #[error("{what} {path}: {error}")]
+    /// `path` is the cgroup directory or file acted on (elided below the
+    /// first level of a deep session: see `Session::describe`); `pid`, the
+    /// process that was to be moved into it, if that was the action. One
+    /// variant for both, so that callers tell an error's cause (`ESRCH`: the
+    /// process is gone already) in one place whatever the operation.
+    #[error(
+        "{what}{} {path}: {error}",
+        .pid.map(|pid| format!(" {pid} into")).unwrap_or_default()
+    )]
     Io {
         what: &'static str,
         path: String,
+        pid: Option<i32>,
         error: io::Error,
     },
     #[error(
@@ -107,7 +116,18 @@ impl CgroupError {
         CgroupError::Io {
             what,
             path: path.into(),
+            pid: None,
             error: error.into(),
+        }
+    }
+
+    /// Moving process `pid` into the cgroup at `path` failed.
+    fn moving(pid: i32, path: String, error: io::Error) -> Self {
+        CgroupError::Io {
+            what: "cannot move process",
+            path,
+            pid: Some(pid),
+            error,
         }
     }
 

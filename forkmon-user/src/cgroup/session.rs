@@ -259,13 +259,8 @@ impl Session {
     /// Move process `pid` (all its threads) into `group`.
     pub fn add_process(&self, group: GroupId, pid: i32) -> Result<(), CgroupError> {
         let node = self.live(group)?;
-        write_file(node.dir.as_fd(), "cgroup.procs", pid.to_string().as_bytes()).map_err(|e| {
-            CgroupError::Io {
-                what: "cannot move process",
-                path: format!("{pid} into {}", self.describe(group)),
-                error: e,
-            }
-        })
+        write_file(node.dir.as_fd(), "cgroup.procs", pid.to_string().as_bytes())
+            .map_err(|e| CgroupError::moving(pid, self.describe(group), e))
     }
 
     /// Pids of the processes directly in `group` (not in nested groups).

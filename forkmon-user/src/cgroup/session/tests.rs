@@ -207,6 +207,42 @@ fn kill_child_group() {
     assert!(killed(&mut top));
 }
 
+/// A process that cannot be moved is named apart from the group's path:
+/// `path` stays a path, and a process gone already (`ESRCH`) is told by
+/// the error alone.
+#[test]
+fn moving_a_process_fails_with_the_groups_path() {
+    let Some(mut s) = session(no_watchdog) else {
+        return;
+    };
+    let group = s.new_child(s.root()).unwrap();
+    // Above any pid_max: no such process.
+    let pid = i32::MAX;
+    let error = s.add_process(group, pid).unwrap_err();
+    let expected = group_path(&s, &[group]);
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "cannot move process {pid} into {}: {}",
+            expected.display(),
+            io::Error::from_raw_os_error(libc::ESRCH)
+        )
+    );
+    let CgroupError::Io {
+        path,
+        pid: Some(moved),
+        error,
+        ..
+    } = error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!(Path::new(&path), expected);
+    assert!(Path::new(&path).is_dir());
+    assert_eq!(moved, pid);
+    assert_eq!(error.raw_os_error(), Some(libc::ESRCH));
+}
+
 /// A prepared group is killed and waited for through the files opened
 /// ahead, which are let go when the group is removed; preparing
 /// another group replaces them.
