@@ -1,5 +1,5 @@
-//! What the cgroup tests share: starting and observing the processes they
-//! put into groups.
+//! What the cgroup tests share: deciding whether a test may skip, and
+//! starting and observing the processes they put into groups.
 use std::{
     fs,
     io::Write as _,
@@ -10,6 +10,31 @@ use std::{
 };
 
 use super::{GroupId, Session};
+
+/// Whether this process may manage cgroups; if not, the test says so
+/// through [`skip`] and should return.
+pub(super) fn root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip("not running as root (`cargo xtask test` runs the tests as root)");
+    false
+}
+
+/// A test that cannot run here calls this before returning: it prints
+/// why. Under `FORKMON_REQUIRE_BPF=1` (CI, and `cargo xtask test` as
+/// root), where root and cgroup v2 are a given, it fails the test instead,
+/// so that a test passing without having run cannot go unnoticed.
+pub(super) fn skip(reason: &str) {
+    let current = thread::current();
+    let test = current.name().unwrap_or("this test");
+    assert_ne!(
+        std::env::var("FORKMON_REQUIRE_BPF").as_deref(),
+        Ok("1"),
+        "{test} must run here (FORKMON_REQUIRE_BPF=1), but {reason}"
+    );
+    eprintln!("skipping {test}: {reason}");
+}
 
 /// Start `sh -c script` in `group`, before it runs any of `script`.
 pub(super) fn spawn_in(session: &Session, group: GroupId, script: &str) -> Child {

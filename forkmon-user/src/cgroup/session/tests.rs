@@ -1,7 +1,7 @@
 use std::{
     fs,
     io::{self, BufRead as _, BufReader, Write as _},
-    os::fd::AsFd as _,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
     path::Path,
     process::{Child, Command, Stdio},
     thread,
@@ -15,7 +15,7 @@ use nix::{
 use super::*;
 use crate::cgroup::{
     files::{all_procs, subdirs},
-    testing::{alive, comm, dead, killed, spawn_in, state, wait_for},
+    testing::{alive, comm, dead, killed, root, skip, spawn_in, state, wait_for},
 };
 
 /// Says which helper process this test binary is to be (see
@@ -99,15 +99,15 @@ fn hold_session() -> ! {
     }
 }
 
+/// A session of this process, or None if the test cannot run here.
 fn session(watchdog: fn(&Path, u64) -> Option<Command>) -> Option<Session> {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root");
+    if !root() {
         return None;
     }
     match Session::create_with(watchdog) {
         Ok(session) => Some(session),
         Err(CgroupError::NoCgroup2) => {
-            eprintln!("skipped: no cgroup v2");
+            skip("no cgroup v2");
             None
         }
         Err(e) => panic!("{e}"),
@@ -174,6 +174,38 @@ fn raise_nofile(want: u64) {
         // SAFETY: setrlimit reads a struct rlimit through a valid pointer.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
     }
+}
+
+/// A test that cannot run here passes only where it may: run as nobody, a
+/// session test skips, and fails under `FORKMON_REQUIRE_BPF=1`.
+#[test]
+fn a_test_that_cannot_run_fails_where_it_must() {
+    if !root() {
+        return;
+    }
+    let as_nobody = |require: &str| {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "cgroup::session::tests::kill_child_group",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("FORKMON_REQUIRE_BPF", require)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (passed, text) = as_nobody("1");
+    assert!(!passed, "passed without running:\n{text}");
+    assert!(text.contains("must run here"), "{text}");
+    let (passed, text) = as_nobody("");
+    assert!(passed, "{text}");
+    assert!(text.contains("skipping"), "{text}");
 }
 
 #[test]
@@ -532,7 +564,7 @@ fn watchdog_cleans_up_when_forkmon_is_gone() {
 /// The real thing: a process holding a session is SIGKILLed.
 #[test]
 fn watchdog_survives_sigkill() {
-    if session(no_watchdog).is_none() {
+    if !root() {
         return;
     }
     let mut holder = helper("holder").stdout(Stdio::piped()).spawn().unwrap();
