@@ -12,7 +12,9 @@
 //! [`Session`](crate::cgroup::Session)), the directory is gone by the time
 //! the watchdog wakes up, and it exits quietly. It runs in its own process
 //! group and ignores SIGINT, SIGTERM, SIGHUP and friends, so a Ctrl-C for
-//! forkmon does not stop it.
+//! forkmon does not stop it. While it lives it holds the session (a shared
+//! lock, as forkmon does), so that no other forkmon run takes the session
+//! for a stale one and races it.
 //!
 //! `main` must hand the process over before doing anything else:
 //!
@@ -165,6 +167,9 @@ pub(crate) fn run(pipe: BorrowedFd<'_>, session_dir: &Path, ino: u64) -> i32 {
         eprintln!("forkmon watchdog: stdin is not forkmon's pipe");
         return 2;
     }
+    // Spares the session from other forkmon runs removing stale ones until
+    // we are done with it (forkmon holds it too, while it lives).
+    let _held = cgroup::hold_session(session_dir, ino);
     // forkmon, to see it gone for good below.
     // SAFETY: pidfd_open with a pid and no flags.
     let forkmon = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getppid(), 0) } as i32;

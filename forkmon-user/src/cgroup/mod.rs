@@ -49,7 +49,9 @@
 //!
 //! [`Session::create`] starts a watchdog that cleans the session up when
 //! forkmon dies, even by SIGKILL: forkmon re-executed, see
-//! [`crate::watchdog`]. It does so with [`clean_up_session`].
+//! [`crate::watchdog`]. It does so with [`clean_up_session`]. A session
+//! whose forkmon and watchdog were killed together is removed by the next
+//! forkmon run: see `stale`.
 //!
 //! # Rooms
 //!
@@ -57,17 +59,21 @@
 //! - `hierarchy`: where the cgroup v2 hierarchy and forkmon's own cgroup are;
 //! - `files`: the cgroup files and directories, one operation each;
 //! - `teardown`: killing and removing a whole session directory from
-//!   outside the session (the watchdog, a stale session).
+//!   outside the session (the watchdog, a stale session);
+//! - `stale`: telling the sessions of dead runs from live ones, and
+//!   removing them.
 use std::{io, time::Duration};
 
 mod files;
 mod hierarchy;
 mod session;
+mod stale;
 mod teardown;
 #[cfg(test)]
 mod testing;
 
 pub use session::{GroupId, Session};
+pub use stale::hold_session;
 pub use teardown::clean_up_session;
 
 /// How long [`Session::kill`] waits for killed processes to disappear.

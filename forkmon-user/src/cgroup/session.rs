@@ -27,6 +27,7 @@ use super::{
         open_file, read_procs, rmdir_at, unlimit, wait_events_empty, wait_until_empty, write_file,
     },
     hierarchy::own_cgroup_dir,
+    stale,
     teardown::clean_up_session,
 };
 use crate::watchdog::Watchdog;
@@ -154,7 +155,7 @@ impl Session {
             ));
         };
         let dir = match open_dir_at(parent.as_fd(), name.as_str()) {
-            Ok(dir) => dir,
+            Ok(dir) => stale::hold(dir),
             Err(e) => {
                 let _ = unlinkat(&parent, name.as_str(), UnlinkatFlags::RemoveDir);
                 return Err(CgroupError::io(
@@ -205,6 +206,7 @@ impl Session {
         if let Some(command) = watchdog(&session.path, ino) {
             session.watchdog = Some(Watchdog::spawn(command).map_err(CgroupError::Watchdog)?);
         }
+        stale::remove_in_background(&session.parent, &parent_path);
         Ok(session)
     }
 

@@ -38,12 +38,18 @@ pub(super) fn skip(reason: &str) {
 
 /// Start `sh -c script` in `group`, before it runs any of `script`.
 pub(super) fn spawn_in(session: &Session, group: GroupId, script: &str) -> Child {
+    spawn_moved(script, |pid| session.add_process(group, pid).unwrap())
+}
+
+/// Start `sh -c script`, letting `move_into` put it into a cgroup before it
+/// runs any of `script`.
+pub(super) fn spawn_moved(script: &str, move_into: impl FnOnce(i32)) -> Child {
     let mut child = Command::new("sh")
         .args(["-c", "read x || exit 1; exec sh -c \"$1\"", "sh", script])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
-    session.add_process(group, child.id() as i32).unwrap();
+    move_into(child.id() as i32);
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
     child
 }
