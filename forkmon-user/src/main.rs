@@ -21,6 +21,7 @@ mod run;
 mod supervisor;
 mod target;
 mod trace;
+mod watchdog;
 mod watcher;
 
 use cli::{Cli, Command};
@@ -29,8 +30,8 @@ fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The cgroup watchdog is forkmon re-executed: dispatch before anything
     // opens files or starts threads.
-    if args.get(1).is_some_and(|a| a == cgroup::WATCHDOG_ARG) {
-        cgroup::watchdog_main(args.into_iter().skip(2));
+    if args.get(1).is_some_and(|a| a == watchdog::ARG) {
+        watchdog::main(args.into_iter().skip(2));
     }
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("FORKMON_LOG", "warn"))
         .format_timestamp(None)
