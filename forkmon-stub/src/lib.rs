@@ -585,8 +585,12 @@ unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild
         }
         libc::sigprocmask(libc::SIG_BLOCK, &terminal_signals, ptr::null_mut());
         if next_standby.is_some() && FLUSH.load(Ordering::Relaxed) {
-            // Not async-signal-safe in general, but the program is inside
-            // open(), not inside stdio; opt-in and documented.
+            // Not async-signal-safe in general, but safe here: the process
+            // has one thread, stopped at the end of an open. glibc holds no
+            // stdio lock across the open inside fopen (the new FILE is
+            // linked in first, with no buffer yet), and freopen's lock on
+            // its FILE is recursive for this thread (tested: the
+            // `unflushed` fixture's fopen).
             libc::fflush(ptr::null_mut());
         }
         loop {

@@ -107,10 +107,21 @@ pub struct RunArgs {
     )]
     pub ignore_delay: u64,
 
-    /// Flush the program's C stdio buffers at each checkpoint (and run
-    /// Python unbuffered), so output written before a checkpoint is not
-    /// printed again by every resumed run.
-    #[arg(long, env = "FORKMON_FLUSH", value_parser = set_means_on, default_value = OFF)]
+    /// Do not flush the program's C stdio buffers at each checkpoint, nor
+    /// run Python unbuffered: output written before a checkpoint but not
+    /// flushed yet is then printed again by every resumed run.
+    #[arg(long, env = "FORKMON_NO_FLUSH", value_parser = set_means_on, default_value = OFF)]
+    pub no_flush: bool,
+
+    /// Flushing is the default now; the flag (and FORKMON_FLUSH) is still
+    /// accepted for the scripts written for earlier versions.
+    #[arg(
+        long,
+        env = "FORKMON_FLUSH",
+        value_parser = set_means_on,
+        default_value = OFF,
+        hide = true
+    )]
     pub flush: bool,
 
     /// Most checkpoints kept at once: files opened beyond that run on
@@ -236,18 +247,18 @@ mod tests {
         };
         // (The test environment sets none of their variables.)
         let off = run(&["forkmon", "run", "--", "x"]);
-        assert!(!off.quiet && !off.no_color && !off.flush && !off.no_standby);
+        assert!(!off.quiet && !off.no_color && !off.no_flush && !off.no_standby);
         let on = run(&[
             "forkmon",
             "run",
             "-q",
             "--no-color",
-            "--flush",
+            "--no-flush",
             "--no-standby",
             "--",
             "x",
         ]);
-        assert!(on.quiet && on.no_color && on.flush && on.no_standby);
+        assert!(on.quiet && on.no_color && on.no_flush && on.no_standby);
         // What an environment variable can hold, an empty value included.
         for value in ["1", "", "0", "yes", "false"] {
             assert_eq!(set_means_on(value), Ok(true), "{value:?}");

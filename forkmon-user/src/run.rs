@@ -86,9 +86,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             target_end.as_raw_fd().to_string().into(),
         ),
     ];
-    if args.flush {
+    // Output written before a checkpoint and still buffered would be
+    // printed again by every resumed run: flushed at each checkpoint, and
+    // Python's (which C stdio does not hold) not buffered at all, unless
+    // the user chose otherwise.
+    if !args.no_flush {
         env.push((stub::ENV_FLUSH.into(), "1".into()));
-        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+        if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+            env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+        }
     }
     let setup = launcher::Setup {
         user: user.as_ref(),

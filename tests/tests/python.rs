@@ -124,3 +124,33 @@ fn a_module_with_a_bytecode_cache_resumes_with_its_new_source() {
         );
     }
 }
+
+#[test]
+fn output_before_a_checkpoint_is_printed_once() {
+    if !bpf_available("output_before_a_checkpoint_is_printed_once") {
+        return;
+    }
+    // stdout is a pipe: Python buffers it, and the buffer is in every
+    // checkpoint's memory.
+    let main = "print('start-up')\nimport mod\nprint('value:', mod.VALUE)\n";
+    for (options, startups) in [(&[][..], 1), (&["--no-flush"][..], 2)] {
+        let dir = scratch();
+        let d = dir.path();
+        fs::write(d.join("main.py"), main).unwrap();
+        fs::write(d.join("mod.py"), "VALUE = 'one'\n").unwrap();
+        let forkmon = Forkmon::start_with(d, options, &["python3", "main.py"], |cmd| {
+            as_users_run_it(cmd);
+        });
+        forkmon.wait_stdout("value: one", 1);
+        forkmon.wait_stderr("waiting for changes", 1);
+        save(&d.join("mod.py"), "VALUE = 'two'\n");
+        forkmon.wait_stdout("value: two", 1);
+        forkmon.wait_stderr("waiting for changes", 2);
+        assert_eq!(
+            forkmon.stdout().matches("start-up").count(),
+            startups,
+            "{options:?}: {}",
+            forkmon.stdout()
+        );
+    }
+}

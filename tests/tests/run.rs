@@ -509,22 +509,28 @@ fn program_exit_then_change_resumes_without_zombies() {
 }
 
 #[test]
-fn flush_option_prints_startup_output_once() {
-    if !bpf_available("flush_option_prints_startup_output_once") {
+fn startup_output_is_printed_once_unless_no_flush() {
+    if !bpf_available("startup_output_is_printed_once_unless_no_flush") {
         return;
     }
-    for (options, startups) in [(&["--flush"][..], 1), (&[][..], 2)] {
+    // (options, how the program opens its file, times "startup" is printed)
+    for (options, open, startups) in [
+        (&[][..], "openat", 1),
+        (&[][..], "fopen", 1),
+        (&["--flush"][..], "openat", 1),
+        (&["--no-flush"][..], "openat", 2),
+    ] {
         let dir = scratch();
         let d = dir.path();
         write(d, "data.txt", "one\n");
-        let forkmon = Forkmon::start(d, options, &[fixture("unflushed").to_str().unwrap()]);
+        let forkmon = Forkmon::start(d, options, &[fixture("unflushed").to_str().unwrap(), open]);
         forkmon.wait_stdout("content=one", 1);
         save_in_place(&d.join("data.txt"), "two\n");
         forkmon.wait_stdout("content=two", 1);
         assert_eq!(
             forkmon.stdout().matches("startup").count(),
             startups,
-            "{options:?}: {}",
+            "{options:?} {open}: {}",
             forkmon.stdout()
         );
     }
