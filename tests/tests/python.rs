@@ -154,3 +154,44 @@ fn output_before_a_checkpoint_is_printed_once() {
         );
     }
 }
+
+/// The README's Python example, as a user runs it: caches from an earlier
+/// run, the default filter, an editor's save.
+#[test]
+fn python_slow_start_example_resumes_without_its_start_up() {
+    if !bpf_available("python_slow_start_example_resumes_without_its_start_up") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    let example = support::workspace_dir().join("examples/python-slow-start");
+    for name in ["app.py", "handlers.py"] {
+        fs::copy(example.join(name), d.join(name)).unwrap();
+    }
+    let first = as_users_run_it(Command::new("python3").current_dir(d))
+        .arg("app.py")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first.stdout).contains("hello, world!"));
+    let forkmon = Forkmon::start_with(d, &[], &["python3", "app.py"], |cmd| {
+        as_users_run_it(cmd);
+    });
+    forkmon.wait_stdout("hello, world!", 1);
+    let handlers = d.join("handlers.py");
+    forkmon.wait_stderr(&format!("[forkmon] watch '{}'", handlers.display()), 1);
+    forkmon.wait_stderr("waiting for changes", 1);
+    for (i, greeting) in ["hi", "hey", "hello again"].into_iter().enumerate() {
+        save(
+            &handlers,
+            &format!("def greet(name):\n    return f\"{greeting}, {{name}}!\"\n"),
+        );
+        forkmon.wait_stdout(&format!("{greeting}, world!"), 1);
+        forkmon.wait_stderr("waiting for changes", i + 2);
+    }
+    assert_eq!(
+        forkmon.stdout().matches("start-up:").count(),
+        1,
+        "{}",
+        forkmon.stdout()
+    );
+}
