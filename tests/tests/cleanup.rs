@@ -61,8 +61,8 @@ fn eventually(done: impl Fn() -> bool) {
 }
 
 #[test]
-fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
-    if !bpf_available("nothing_remains_after_ctrl_c_sigterm_or_sigkill") {
+fn nothing_remains_after_ctrl_c_sigterm_sighup_or_sigkill() {
+    if !bpf_available("nothing_remains_after_ctrl_c_sigterm_sighup_or_sigkill") {
         return;
     }
     // (signal, sent to the whole process group as a terminal's Ctrl-C is)
@@ -70,6 +70,7 @@ fn nothing_remains_after_ctrl_c_sigterm_or_sigkill() {
         (libc::SIGINT, false),
         (libc::SIGINT, true),
         (libc::SIGTERM, false),
+        (libc::SIGHUP, false),
         (libc::SIGKILL, false),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -209,3 +209,69 @@ fn a_flood_of_matching_files_stops_at_the_most_checkpoints_kept() {
     // The processes: 5 checkpoints, each with its standby, and no more.
     assert!(forkmon.tree().len() <= 11, "{:?}", forkmon.tree());
 }
+
+#[test]
+fn a_program_that_crashes_after_its_checkpoint_is_resumed_and_leaves_nothing() {
+    if !bpf_available("a_program_that_crashes_after_its_checkpoint_is_resumed_and_leaves_nothing") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("data.txt"), "one\n").unwrap();
+    // (Not sh's `kill $$`: `$$` is the shell's pid at start-up, which
+    // after the checkpoint is the checkpoint's.)
+    let program = "import os, signal\n\
+                   print('content=' + open('data.txt').read().strip(), flush=True)\n\
+                   os.kill(os.getpid(), signal.SIGSEGV)\n";
+    let mut forkmon = Forkmon::start_with(d, &[], &["python3", "-c", program], |cmd| {
+        cmd.env_remove("PYTHONDONTWRITEBYTECODE")
+            .env_remove("PYTHONUNBUFFERED");
+    });
+    forkmon.wait_stderr("program was killed by SIGSEGV", 1);
+    fs::write(d.join("data.txt"), "two\n").unwrap();
+    forkmon.wait_stdout("content=two", 1);
+    forkmon.wait_stderr("program was killed by SIGSEGV", 2);
+    forkmon.signal(libc::SIGINT);
+    let status = forkmon.wait();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGSEGV),
+        "the program's last status"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(forkmon.tree(), Vec::<i32>::new(), "nothing left");
+}
+
+#[test]
+fn a_checkpoint_killed_from_outside_is_reported_as_such() {
+    if !bpf_available("a_checkpoint_killed_from_outside_is_reported_as_such") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("data.txt"), "one\n").unwrap();
+    let script = "read x < data.txt; echo \"content=$x\"; sleep 1000";
+    let mut forkmon = Forkmon::start(d, &[], &["sh", "-c", script]);
+    forkmon.wait_stdout("content=one", 1);
+    // The checkpoint is the program forkmon started: its child.
+    let checkpoint = tree_processes_named(&forkmon, "sh")
+        .into_iter()
+        .find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    == Some(&forkmon.pid().to_string())
+            })
+        })
+        .expect("the checkpoint");
+    // SAFETY: killing a process of the test's own forkmon run.
+    unsafe { libc::kill(checkpoint, libc::SIGKILL) };
+    let status = forkmon.wait();
+    let err = forkmon.stderr();
+    assert!(err.contains("killed from outside"), "{err}");
+    assert!(!err.contains("before opening any file"), "{err}");
+    assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(forkmon.tree(), Vec::<i32>::new(), "nothing left");
+}
