@@ -275,3 +275,63 @@ fn a_checkpoint_killed_from_outside_is_reported_as_such() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(forkmon.tree(), Vec::<i32>::new(), "nothing left");
 }
+
+/// forkmon's open fds, resident memory (KiB), and the processes of the
+/// run's tree.
+fn footprint(forkmon: &Forkmon) -> (usize, u64, usize) {
+    let pid = forkmon.pid();
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    (fds, rss, forkmon.tree().len())
+}
+
+#[test]
+fn a_thousand_edits_leave_forkmon_as_it_was() {
+    if !bpf_available("a_thousand_edits_leave_forkmon_as_it_was") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("data.txt"), "0\n").unwrap();
+    let forkmon = Forkmon::start(
+        d,
+        &["--restart-delay", "0", "--ignore-delay", "0"],
+        &[fixture("watched").to_str().unwrap()],
+    );
+    forkmon.wait_stdout("content=0\n", 1);
+    forkmon.wait_stderr("waiting for changes", 1);
+    let mut samples = vec![(0, footprint(&forkmon))];
+    for edit in 1..=1000 {
+        fs::write(d.join("data.txt"), format!("{edit}\n")).unwrap();
+        forkmon.wait_stdout(&format!("content={edit}\n"), 1);
+        if edit % 500 == 0 {
+            // Idle again: the last run exited (a resume may cut a run
+            // before its exit is reported, so they are not counted).
+            let deadline = std::time::Instant::now() + support::live::PATIENCE;
+            while !forkmon.stderr().ends_with("waiting for changes..\n") {
+                assert!(std::time::Instant::now() < deadline, "{}", forkmon.stderr());
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            samples.push((edit, footprint(&forkmon)));
+        }
+    }
+    // Printed for the record (cargo test -- --nocapture).
+    for (edit, (fds, rss, processes)) in &samples {
+        println!("after {edit:4} edits: {fds} fds, {rss} KiB resident, {processes} processes");
+    }
+    let (_, (fds0, rss0, procs0)) = samples[0];
+    for (edit, (fds, rss, processes)) in &samples[1..] {
+        assert_eq!(*fds, fds0, "fds after {edit} edits");
+        assert_eq!(*processes, procs0, "processes after {edit} edits");
+        assert!(
+            *rss < rss0 + 4096,
+            "resident memory after {edit} edits: {rss} KiB, from {rss0} KiB"
+        );
+    }
+}
