@@ -19,9 +19,10 @@
 //! 6. Scale: 1000 checkpoints — creation time, memory, resume latency.
 //!
 //! The C fixtures live in `bench/fixtures/` and are built into
-//! `target/bench/`. Every process started here is wrapped in
-//! [`harness::Running`], which stops it (SIGINT, then SIGKILL after 5 s)
-//! when dropped, and every wait has a deadline.
+//! `target/bench/`. Every process started here is a
+//! [`tests::process::Process`] (the driver the integration tests use too),
+//! which stops it (SIGINT, then SIGKILL after 5 s) when dropped, and every
+//! wait has a deadline.
 //!
 //! [`figures`] holds one module per figure (its method, its rows and
 //! goals), [`harness`] what they share to start, time and stop processes,

@@ -2,12 +2,12 @@
 use std::{fs, path::Path, thread, time::Duration};
 
 use anyhow::{Context as _, bail};
+use tests::procfs::children_of;
 
 use super::{Delays, MEMORY_MB, resume::resume_once};
 use crate::bench::{
     harness::{
-        Bench, RESUME_TIMEOUT, START_TIMEOUT, TREE_SETTLE, children_of, number, tempdir,
-        wait_until, within,
+        Bench, RESUME_TIMEOUT, START_TIMEOUT, TREE_SETTLE, number, tempdir, wait_until, within,
     },
     report::Section,
 };
@@ -29,7 +29,7 @@ impl Memory {
         })
     }
 
-    pub fn of(pid: i64) -> anyhow::Result<Memory> {
+    pub fn of(pid: i32) -> anyhow::Result<Memory> {
         let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
             .with_context(|| format!("cannot read /proc/{pid}/smaps_rollup"))?;
         let status = fs::read_to_string(format!("/proc/{pid}/status"))
@@ -62,8 +62,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// `in_chain`: the pids that are not waiting children (the running
     /// child, the next checkpoint).
-    pub fn of(checkpoint: i64, in_chain: impl Fn(i64) -> bool) -> anyhow::Result<Snapshot> {
-        let waiting: Vec<i64> = children_of(checkpoint)
+    pub fn of(checkpoint: i32, in_chain: impl Fn(i32) -> bool) -> anyhow::Result<Snapshot> {
+        let waiting: Vec<i32> = children_of(checkpoint)
             .into_iter()
             .filter(|&pid| !in_chain(pid))
             .collect();
@@ -209,7 +209,7 @@ fn memory_alone(b: &Bench, samples: &mut MemorySamples) -> anyhow::Result<()> {
     thread::sleep(TREE_SETTLE);
     samples
         .alone
-        .push(Memory::of(number(&line, "pid")? as i64)?);
+        .push(Memory::of(number(&line, "pid")? as i32)?);
     program.send(b"x")?;
     program.wait_exit(Duration::from_secs(10))?;
     Ok(())
@@ -223,7 +223,7 @@ fn memory_once(b: &Bench, samples: &mut MemorySamples) -> anyhow::Result<()> {
     let mut forkmon =
         b.under_forkmon(dir.path(), &Delays::ZERO.options(), "resume", &args, true)?;
     let line = forkmon.line(within(START_TIMEOUT), |l| l.ends_with(" content=initial"))?;
-    let (child, checkpoint) = (number(&line, "pid")? as i64, number(&line, "ppid")? as i64);
+    let (child, checkpoint) = (number(&line, "pid")? as i32, number(&line, "ppid")? as i32);
     thread::sleep(TREE_SETTLE);
     samples
         .running
@@ -239,8 +239,8 @@ fn memory_once(b: &Bench, samples: &mut MemorySamples) -> anyhow::Result<()> {
     samples.idle.push(Snapshot::of(checkpoint, |_| false)?);
 
     let resumed = resume_once(&mut forkmon, &data, &b.content("mem", 0), RESUME_TIMEOUT)?;
-    let child = number(&resumed.line, "pid")? as i64;
-    let parent = number(&resumed.line, "ppid")? as i64;
+    let child = number(&resumed.line, "pid")? as i32;
+    let parent = number(&resumed.line, "ppid")? as i32;
     if parent != checkpoint {
         bail!("resumed child {child} has parent {parent}, not the checkpoint {checkpoint}");
     }

@@ -1,8 +1,10 @@
 //! Figure 1: openat+close cost.
 use std::{fs, path::Path, time::Duration};
 
+use tests::process::Process;
+
 use crate::bench::{
-    harness::{Bench, Running, START_TIMEOUT, number, tempdir, wait_until, within},
+    harness::{Bench, START_TIMEOUT, number, start, tempdir, wait_until, within},
     report::{Section, paired},
 };
 
@@ -76,7 +78,7 @@ fn openat_attached(b: &Bench, dir: &Path, calls: u64) -> anyhow::Result<f64> {
     cmd.args(["trace", "--json", "--output"])
         .arg(&records)
         .args(["--", "sleep", "600"]);
-    let mut tracer = Running::start("forkmon trace -- sleep 600", cmd, false)?;
+    let mut tracer = start("forkmon trace -- sleep 600", cmd, false)?;
     // The first record (sleep's own opens) says the probes are attached.
     wait_until("forkmon trace to attach", START_TIMEOUT, || {
         tracer.check_running()?;
@@ -92,7 +94,7 @@ fn openat_traced(b: &Bench, dir: &Path, calls: u64) -> anyhow::Result<f64> {
     ns_per_call(&mut forkmon)
 }
 
-fn ns_per_call(p: &mut Running) -> anyhow::Result<f64> {
+fn ns_per_call(p: &mut Process) -> anyhow::Result<f64> {
     let line = p.line(within(START_TIMEOUT), |l| l.starts_with("ns_per_call="))?;
     p.wait_exit(Duration::from_secs(10))?;
     number(&line, "ns_per_call")

@@ -1,11 +1,11 @@
 //! Figure 4: full restart vs resume.
-use std::{fs, path::Path, process::Command, thread, time::Duration};
+use std::{ffi::OsStr, fs, path::Path, process::Command, thread, time::Duration};
 
 use super::{Delays, resume::measure_resumes};
 use crate::{
     bench::{
         harness::{
-            Bench, RESUME_TIMEOUT, Running, START_TIMEOUT, monotonic_ns, number, tempdir, within,
+            Bench, RESUME_TIMEOUT, START_TIMEOUT, monotonic_ns, number, start, tempdir, within,
             write_timed,
         },
         report::{Section, paired},
@@ -85,7 +85,7 @@ fn lua_restart(b: &Bench, s: &mut Section) {
         let dir = tempdir()?;
         let content = b.content("lua-restart", k);
         let (before, _) = write_timed(&dir.path().join("data.txt"), &content)?;
-        let mut program = Running::start("lua5.4 startup.lua", lua(dir.path()), false)?;
+        let mut program = start("lua5.4 startup.lua", lua(dir.path()), false)?;
         program.line(within(START_TIMEOUT), |l| {
             l.ends_with(&format!(" content={content}"))
         })?;
@@ -98,13 +98,13 @@ fn lua_restart(b: &Bench, s: &mut Section) {
         let dir = tempdir()?;
         let data = dir.path().join("data.txt");
         fs::write(&data, "initial\n")?;
-        let mut cmd = b.forkmon(dir.path());
-        cmd.args(["run", "--quiet"])
-            .args(Delays::ZERO.options())
-            .arg("--")
-            .arg("lua5.4")
-            .arg(&script);
-        let mut forkmon = Running::start("forkmon run lua5.4 startup.lua", cmd, false)?;
+        let mut forkmon = b.forkmon_run(
+            "forkmon run lua5.4 startup.lua",
+            dir.path(),
+            &Delays::ZERO.options(),
+            [OsStr::new("lua5.4"), script.as_os_str()],
+            false,
+        )?;
         forkmon.line(within(START_TIMEOUT), |l| l.ends_with(" content=initial"))?;
         for k in 0..n {
             thread::sleep(Delays::ZERO.spacing());

@@ -2,12 +2,11 @@
 use std::{fs, path::Path, thread, time::Duration};
 
 use anyhow::Context as _;
+use tests::process::Process;
 
 use super::{Delays, MEMORY_MB};
 use crate::bench::{
-    harness::{
-        Bench, RESUME_TIMEOUT, Running, START_TIMEOUT, number, tempdir, within, write_timed,
-    },
+    harness::{Bench, RESUME_TIMEOUT, START_TIMEOUT, number, tempdir, within, write_timed},
     report::Section,
 };
 
@@ -120,7 +119,7 @@ pub struct Resumed {
 /// Rewrites `file` with `content` and waits for the program's line showing
 /// it.
 pub fn resume_once(
-    p: &mut Running,
+    p: &mut Process,
     file: &Path,
     content: &str,
     timeout: Duration,

@@ -6,6 +6,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use tests::process::Process;
 
 use super::{
     Delays,
@@ -14,8 +15,8 @@ use super::{
 };
 use crate::bench::{
     harness::{
-        Bench, RESUME_TIMEOUT, Running, SETTLE, START_TIMEOUT, TREE_SETTLE, monotonic_ns, number,
-        tempdir, within,
+        Bench, RESUME_TIMEOUT, SETTLE, START_TIMEOUT, TREE_SETTLE, monotonic_ns, number, tempdir,
+        within,
     },
     report::Section,
 };
@@ -146,9 +147,9 @@ fn scale_session(b: &Bench, session: usize, out: &mut ScaleSamples) -> anyhow::R
 /// checkpoints' pids (each line's parent), then the last process's.
 fn create_checkpoints(
     b: &Bench,
-    forkmon: &mut Running,
+    forkmon: &mut Process,
     out: &mut ScaleSamples,
-) -> anyhow::Result<Vec<i64>> {
+) -> anyhow::Result<Vec<i32>> {
     let deadline = Instant::now() + b.plan.scale_deadline;
     let start = forkmon.line(within(START_TIMEOUT), |l| l.starts_with("start "))?;
     let start = number(&start, "t")?;
@@ -166,8 +167,8 @@ fn create_checkpoints(
                     (monotonic_ns() as f64 - start) / 1e9
                 )
             })?;
-        checkpoints.push(number(&line, "ppid")? as i64);
-        last = number(&line, "pid")? as i64;
+        checkpoints.push(number(&line, "ppid")? as i32);
+        last = number(&line, "pid")? as i32;
         let t = number(&line, "t")?;
         let step = (t - previous) / 1e6;
         previous = t;
@@ -186,8 +187,8 @@ fn create_checkpoints(
 /// The checkpoints' memory, and that of their waiting children: the
 /// processes below a checkpoint that are neither the next checkpoint nor
 /// the program's last process.
-fn measure_checkpoints(chain: &[i64], out: &mut ScaleSamples) -> anyhow::Result<()> {
-    let in_chain: HashSet<i64> = chain.iter().copied().collect();
+fn measure_checkpoints(chain: &[i32], out: &mut ScaleSamples) -> anyhow::Result<()> {
+    let in_chain: HashSet<i32> = chain.iter().copied().collect();
     let checkpoints = &chain[..chain.len() - 1];
     let snapshots = checkpoints
         .iter()
