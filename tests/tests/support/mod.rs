@@ -1,5 +1,6 @@
 //! Shared by the integration tests: find the real forkmon binary, build the
-//! C fixtures, decide whether BPF tests can run here.
+//! C fixtures, decide whether BPF tests can run here. Finding and driving
+//! forkmon is the `tests` library's, which `cargo xtask bench` uses too.
 #![allow(dead_code)] // each test crate uses its own subset
 
 use std::{
@@ -13,30 +14,7 @@ use serde_json::Value;
 
 pub mod live;
 
-pub fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The binary under test: `FORKMON_BIN` (set by `cargo xtask test`), or the
-/// debug build.
-pub fn forkmon_bin() -> PathBuf {
-    // Relative to the workspace, not to the test's working directory.
-    let bin = workspace_dir().join(
-        std::env::var_os("FORKMON_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "target/debug/forkmon".into()),
-    );
-    assert!(
-        bin.is_file(),
-        "{} missing: run the tests with `cargo xtask test`",
-        bin.display()
-    );
-    // Tests run it from scratch directories.
-    bin.canonicalize().unwrap()
-}
+pub use tests::{forkmon::forkmon_bin, workspace_dir};
 
 /// A child process killed and reaped when the test ends, even by panic.
 pub struct KillOnDrop(pub std::process::Child);
