@@ -284,6 +284,17 @@ fn the_next_run_removes_the_cgroup_of_a_run_killed_with_its_watchdog() {
         });
         forkmon.wait_stderr("program exited with status 0", 1);
         assert!(cgroup.session(forkmon.pid()).is_dir());
+        // Settled: the checkpoint forks its standby once the program has
+        // exited.
+        let mut tree = forkmon.tree();
+        loop {
+            thread::sleep(Duration::from_millis(150));
+            let now = forkmon.tree();
+            if now == tree {
+                break;
+            }
+            tree = now;
+        }
         forkmon
     };
     let mut live = start();
