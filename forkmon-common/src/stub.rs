@@ -50,6 +50,20 @@ pub const fn spin_command(budget_us: u64) -> u64 {
 /// that changed, as it does when a cache is missing.
 pub const CHECKPOINT_CACHE: u64 = 1 << 9;
 
+/// Or'ed into `CMD_CHECKPOINT`: the process has other threads. The stub
+/// forks with glibc's `fork()`, whose atfork handlers run (OpenBLAS's
+/// stops its thread pool, which restarts on next use), and keeps the
+/// checkpoint only if that left the process with one thread: otherwise the
+/// child would lack a thread the program still counts on. It then kills
+/// the child before it runs and reports [`FAILED_THREADS_LEFT`]. Once the
+/// process has one thread, its forks are `_Fork()` again.
+pub const CHECKPOINT_ATFORK: u64 = 1 << 10;
+
+/// `MSG_FAILED`'s errno when threads were left after `fork()`'s handlers
+/// (see [`CHECKPOINT_ATFORK`]): `EBUSY`, which neither `fork` nor
+/// `eventfd` returns.
+pub const FAILED_THREADS_LEFT: i32 = 16;
+
 /// `CMD_CHECKPOINT` for an open made with `syscall` (an
 /// [`open_syscall`](crate::open_syscall) value), of a cache or not.
 pub const fn checkpoint_command(syscall: u32, cache: bool) -> u64 {
@@ -276,6 +290,21 @@ mod tests {
                 assert_eq!(value & CHECKPOINT_CACHE != 0, cache);
                 assert_eq!(spin_budget_us(value), 0, "not a spin command");
             }
+        }
+    }
+
+    #[test]
+    fn the_atfork_bit_stands_apart_from_the_rest_of_a_checkpoint_command() {
+        let fields = CMD_MASK | CMD_SPIN | CHECKPOINT_CACHE | u64::from(u32::MAX) << 16;
+        assert_eq!(CHECKPOINT_ATFORK & fields, 0, "a bit of its own");
+        for cache in [false, true] {
+            let plain = checkpoint_command(open_syscall::OPENAT2, cache);
+            let value = plain | CHECKPOINT_ATFORK;
+            assert_ne!(value, plain);
+            assert_eq!(value & CMD_MASK, CMD_CHECKPOINT);
+            assert_eq!(checkpoint_syscall(value), open_syscall::OPENAT2);
+            assert_eq!(value & CHECKPOINT_CACHE != 0, cache);
+            assert_eq!(plain & CHECKPOINT_ATFORK, 0, "off unless asked for");
         }
     }
 }

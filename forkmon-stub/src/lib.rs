@@ -18,6 +18,9 @@
 //!
 //! Everything after the constructor runs in a signal handler, so it only
 //! makes raw, async-signal-safe calls: no allocation, no locks, no std I/O.
+//! Two exceptions, each saying why it is safe where it is made: `fflush`
+//! at a checkpoint, and glibc's `fork()` for a process with other threads
+//! (`fork_with_handlers`).
 // No std: it would bring its panic and unwinding machinery (and
 // libgcc_s) into every process of the program's tree. forkmon's build.rs
 // builds it with panic=abort; a plain workspace build (panic=unwind, for
@@ -45,8 +48,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 
 use forkmon_common::open_syscall;
 use forkmon_common::stub::{
-    CHECKPOINT_CACHE, CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, CMD_MASK, ENV_FLUSH,
-    ENV_SOCKET, Message, REOPEN_MARK, StubMessage, checkpoint_syscall, spin_budget_us,
+    CHECKPOINT_ATFORK, CHECKPOINT_CACHE, CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO,
+    CMD_MASK, ENV_FLUSH, ENV_SOCKET, FAILED_THREADS_LEFT, Message, REOPEN_MARK, StubMessage,
+    checkpoint_syscall, spin_budget_us,
 };
 
 /// The registration socket shared by the whole tree.
@@ -296,7 +300,8 @@ extern "C" fn handler(sig: i32, info: *mut libc::siginfo_t, context: *mut libc::
                 context: context.cast(),
                 ..open_call(context.cast(), checkpoint_syscall(answer))
             };
-            checkpoint(me, fd, &call, early);
+            let atfork = answer & CHECKPOINT_ATFORK != 0;
+            checkpoint(me, fd, &call, early, atfork);
         } else if let Some(child) = early {
             child.discard();
         }
@@ -422,14 +427,21 @@ unsafe fn worth_forking_early(fd: i32) -> bool {
         if SEEN.contains(dev, ino) {
             return false;
         }
-        // procfs gives a process's task directory 2 links plus one per
-        // thread.
-        let mut tasks: libc::stat = zeroed();
-        if libc::stat(c"/proc/self/task".as_ptr(), &mut tasks) != 0 || tasks.st_nlink != 3 {
+        if !single_threaded() {
             return false;
         }
         SEEN.add(dev, ino);
         true
+    }
+}
+
+/// Whether this process has one thread: procfs gives a process's task
+/// directory 2 links plus one per thread.
+unsafe fn single_threaded() -> bool {
+    // SAFETY: stat into a buffer we own.
+    unsafe {
+        let mut tasks: libc::stat = zeroed();
+        libc::stat(c"/proc/self/task".as_ptr(), &mut tasks) == 0 && tasks.st_nlink == 3
     }
 }
 
@@ -550,8 +562,8 @@ impl EarlyChild {
 /// children register and wait until forkmon tells them to run (when the
 /// file changes), so a resume costs no fork. Reaps its children and
 /// reports how they ended. Returns only in a child told to run (or on
-/// failure).
-unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild>) {
+/// failure). `atfork`: forkmon saw other threads (see `fork_child`).
+unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild>, atfork: bool) {
     // SAFETY: all calls below are raw syscalls on our own fds and buffers.
     unsafe {
         let mut children = Children::new();
@@ -585,12 +597,13 @@ unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild
         }
         libc::sigprocmask(libc::SIG_BLOCK, &terminal_signals, ptr::null_mut());
         if next_standby.is_some() && FLUSH.load(Ordering::Relaxed) {
-            // Not async-signal-safe in general, but safe here: the process
-            // has one thread, stopped at the end of an open. glibc holds no
-            // stdio lock across the open inside fopen (the new FILE is
-            // linked in first, with no buffer yet), and freopen's lock on
-            // its FILE is recursive for this thread (tested: the
-            // `unflushed` fixture's fopen).
+            // Not async-signal-safe in general, but safe here: this thread
+            // is stopped at the end of an open. glibc holds no stdio lock
+            // across the open inside fopen (the new FILE is linked in
+            // first, with no buffer yet), and freopen's lock on its FILE is
+            // recursive for this thread (tested: the `unflushed` fixture's
+            // fopen). Other threads, if any, are not stopped: a stdio lock
+            // one of them holds is released, and waited for.
             libc::fflush(ptr::null_mut());
         }
         loop {
@@ -601,7 +614,7 @@ unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild
             } else if let Some(standby) = next_standby {
                 // Every child but the first runs after a change.
                 let resumed = !core::mem::replace(&mut first, false);
-                match fork_child(me, fd, call, standby, resumed) {
+                match fork_child(me, fd, call, standby, resumed, atfork) {
                     Forked::Child => return,
                     Forked::Parent(child) => children.add(child),
                     Forked::Failed(errno) => {
@@ -629,23 +642,125 @@ enum Forked {
     Failed(i32),
 }
 
+/// Forks the checkpoint's next child. A process with other threads
+/// (`atfork`, forkmon saw them; and it still has them) is forked the way
+/// Python's `os.fork()` forks, with glibc's `fork()`: see
+/// [`fork_with_handlers`]. Otherwise — a single-threaded process, or a
+/// checkpoint whose pools that first `fork()` stopped — with `_Fork()`,
+/// which runs no handlers.
 unsafe fn fork_child(
     checkpoint: i32,
     fd: i32,
     call: &OpenCall,
     standby: bool,
     resumed: bool,
+    atfork: bool,
 ) -> Forked {
-    // SAFETY: _Fork is async-signal-safe; the child only makes raw calls.
+    // SAFETY: _Fork is async-signal-safe, and fork_with_handlers says why
+    // fork is safe enough here; the child only makes raw calls.
     unsafe {
-        match _Fork() {
+        let forked = if atfork && !single_threaded() {
+            fork_with_handlers(checkpoint)
+        } else {
+            match _Fork() {
+                0 => Forked::Child,
+                child if child > 0 => Forked::Parent(child),
+                _ => Forked::Failed(*libc::__errno_location()),
+            }
+        };
+        if let Forked::Child = forked {
+            become_child(checkpoint, fd, call, standby, resumed);
+        }
+        forked
+    }
+}
+
+/// How long a parent forked with handlers waits for the threads they
+/// stopped to leave: a thread `pthread_join` returned for is still in the
+/// task list until it has finished exiting (microseconds, unless it is
+/// preempted).
+const THREADS_LEAVE_US: u64 = 10_000;
+
+/// Forks with glibc's `fork()`, whose atfork handlers stop the thread
+/// pools that registered one (OpenBLAS's `blas_thread_shutdown` joins its
+/// workers; they restart on the next BLAS call), and lets the child run
+/// only if this process is then down to this thread. The child has only
+/// this thread: any other thread would be missing from it mid-work, and
+/// even an idle one is waited for (a Python child hangs at its exit,
+/// joining a thread it does not have). Else the child is killed before it
+/// runs, and [`FAILED_THREADS_LEFT`] returned.
+///
+/// `fork()` is not async-signal-safe: besides the handlers it takes
+/// malloc's arena locks and stdio's list lock. It is safe enough here:
+/// this thread is stopped at the end of an open syscall, where glibc holds
+/// none of those (fopen opens after linking its FILE in), and the other
+/// threads are not stopped, so a lock one of them holds is released.
+/// Only a handler of the program's own that takes a lock this thread holds
+/// across the open would deadlock.
+unsafe fn fork_with_handlers(me: i32) -> Forked {
+    // SAFETY: raw syscalls on an fd we create; see above for fork().
+    unsafe {
+        // The child waits on it until this parent has counted its threads.
+        let gate = libc::eventfd(0, libc::EFD_CLOEXEC);
+        if gate < 0 {
+            return Forked::Failed(*libc::__errno_location());
+        }
+        match libc::fork() {
             0 => {
-                become_child(checkpoint, fd, call, standby, resumed);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != me {
+                    libc::_exit(127);
+                }
+                poll_readable(gate, ANSWER_POLL_US);
+                let mut value = 0u64;
+                while libc::read(gate, (&mut value as *mut u64).cast(), 8) != 8 {
+                    if *libc::__errno_location() != libc::EINTR {
+                        libc::_exit(127);
+                    }
+                }
+                libc::close(gate);
                 Forked::Child
             }
-            child if child > 0 => Forked::Parent(child),
-            _ => Forked::Failed(*libc::__errno_location()),
+            child if child > 0 => {
+                let alone = alone_within(THREADS_LEAVE_US);
+                if alone {
+                    libc::write(gate, (&RELEASED as *const u64).cast(), 8);
+                } else {
+                    libc::kill(child, libc::SIGKILL);
+                    let mut status = 0;
+                    while libc::waitpid(child, &mut status, 0) < 0
+                        && *libc::__errno_location() == libc::EINTR
+                    {}
+                }
+                libc::close(gate);
+                if alone {
+                    Forked::Parent(child)
+                } else {
+                    Forked::Failed(FAILED_THREADS_LEFT)
+                }
+            }
+            _ => {
+                let errno = *libc::__errno_location();
+                libc::close(gate);
+                Forked::Failed(errno)
+            }
         }
+    }
+}
+
+/// Whether this process is down to one thread within `budget_us` µs.
+unsafe fn alone_within(budget_us: u64) -> bool {
+    let deadline = monotonic_ns().saturating_add(budget_us.saturating_mul(1000));
+    loop {
+        // SAFETY: a stat into a buffer of its own.
+        if unsafe { single_threaded() } {
+            return true;
+        }
+        if monotonic_ns() >= deadline {
+            return false;
+        }
+        // SAFETY: no arguments.
+        unsafe { libc::sched_yield() };
     }
 }
 

@@ -4,14 +4,48 @@ use std::{fs, io};
 /// The fields of `/proc/PID/stat` after the command name (field 2, which
 /// may hold spaces, ')' and bytes that are not UTF-8), from field 3 on.
 fn stat_fields(pid: i32) -> Option<String> {
+    Some(read_stat(&format!("/proc/{pid}/stat"))?.1)
+}
+
+/// A `stat` file's command name (lossy) and its fields from field 3 on.
+fn read_stat(path: &str) -> Option<(String, String)> {
     let mut buf = [0u8; 1024];
-    let len = io::Read::read(
-        &mut fs::File::open(format!("/proc/{pid}/stat")).ok()?,
-        &mut buf,
-    )
-    .ok()?;
+    let len = io::Read::read(&mut fs::File::open(path).ok()?, &mut buf).ok()?;
+    let start = buf[..len].iter().position(|b| *b == b'(')?;
     let end = buf[..len].iter().rposition(|b| *b == b')')?;
-    Some(std::str::from_utf8(&buf[end + 1..len]).ok()?.to_owned())
+    let name = String::from_utf8_lossy(buf.get(start + 1..end)?).into_owned();
+    Some((
+        name,
+        std::str::from_utf8(&buf[end + 1..len]).ok()?.to_owned(),
+    ))
+}
+
+/// One thread of a process, as `/proc/PID/task/TID/stat` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub tid: i32,
+    /// Its name (`comm`): the program's, unless the thread set its own.
+    pub name: String,
+    /// Its state letter: `R` running, `S` asleep, `D` in uninterruptible
+    /// I/O, `T`/`t` stopped or traced, …
+    pub state: char,
+}
+
+/// `pid`'s threads (none if it is gone). A listing and one read per
+/// thread: only for a process [`thread_count`] found more than one in.
+pub fn threads(pid: i32) -> Vec<Thread> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let (name, fields) = read_stat(&format!("/proc/{pid}/task/{tid}/stat"))?;
+            let state = fields.split_whitespace().next()?.chars().next()?;
+            Some(Thread { tid, name, state })
+        })
+        .collect()
 }
 
 /// `pid`'s parent if `pid` is alive: not gone, not a zombie, and not on
@@ -49,6 +83,12 @@ mod tests {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let extra = std::thread::spawn(move || stopped.recv());
         assert!(thread_count(me) >= 2);
+        let all = threads(me);
+        assert!(all.len() >= 2, "{all:?}");
+        let this = nix::unistd::gettid().as_raw();
+        let reader = all.iter().find(|t| t.tid == this).expect("this thread");
+        assert_eq!(reader.state, 'R', "reading /proc: {all:?}");
+        assert!(!reader.name.is_empty());
         stop.send(()).unwrap();
         extra.join().unwrap().unwrap();
         let mut single = std::process::Command::new("sleep")
@@ -57,6 +97,9 @@ mod tests {
             .unwrap();
         let pid = single.id() as i32;
         assert_eq!(thread_count(pid), 1);
+        let sleep = threads(pid);
+        assert_eq!(sleep.len(), 1, "{sleep:?}");
+        assert_eq!((sleep[0].tid, sleep[0].name.as_str()), (pid, "sleep"));
         assert_eq!(alive_parent(pid), Some(me));
         single.kill().unwrap();
         // A zombie until reaped: not alive.

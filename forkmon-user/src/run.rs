@@ -207,6 +207,7 @@ fn on_record(
             if open.signalled != 0 {
                 supervisor.on_candidate(Candidate {
                     pid: open.tgid as i32,
+                    tid: open.tid as i32,
                     fd: open.ret,
                     syscall: open.syscall,
                     path,

@@ -35,6 +35,10 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
     if which::which("python3").is_err() {
         packages.push("python3".into());
     }
+    if !python_makes_venvs() {
+        // Debian's python3 makes virtual environments only with it.
+        packages.push("python3-venv".into());
+    }
     let missing: Vec<String> = packages
         .into_iter()
         .filter(|p| !dpkg_installed(p))
@@ -95,7 +99,53 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
             std::fs::write(stamp_path()?, &wanted).context("recording bpf-linker's LLVM")?;
         }
     }
+    numpy(&mode)
+}
+
+/// Where the tests find numpy (tests/tests/numpy.rs): a virtual
+/// environment of its own, so that neither the system's Python nor the
+/// user's is changed.
+pub const NUMPY_VENV: &str = "target/pyenv";
+
+/// numpy from PyPI, for the tests of programs with idle worker threads
+/// (`import numpy` starts OpenBLAS's pool).
+fn numpy(mode: &Mode) -> anyhow::Result<()> {
+    let venv = crate::root_dir().join(NUMPY_VENV);
+    let python = venv.join("bin/python");
+    let has_numpy = |python: &std::path::Path| {
+        Command::new(python)
+            .args(["-c", "import numpy"])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if has_numpy(&python) {
+        say(mode, &format!("numpy: installed ({NUMPY_VENV})"));
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing numpy from PyPI into {NUMPY_VENV}");
+    if !python.is_file() {
+        run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run_checked(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "numpy",
+    ]))?;
+    if !has_numpy(&python) {
+        bail!("numpy installed into {NUMPY_VENV}, but its python cannot import it");
+    }
     Ok(())
+}
+
+/// Whether `python3` can make a virtual environment (Debian's needs the
+/// python3-venv package for ensurepip). False without a python3: Debian's
+/// then comes without it.
+fn python_makes_venvs() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|out| out.status.success())
 }
 
 fn say(mode: &Mode, what: &str) {

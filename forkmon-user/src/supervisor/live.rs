@@ -197,6 +197,10 @@ impl System for LiveSystem {
         procfs::thread_count(pid)
     }
 
+    fn thread_states(&self, pid: i32) -> Vec<procfs::Thread> {
+        procfs::threads(pid)
+    }
+
     fn policy(&self, pid: i32) -> Policy {
         Policy::of(pid).unwrap_or(Policy::NORMAL)
     }

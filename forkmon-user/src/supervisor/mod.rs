@@ -19,7 +19,9 @@ use std::{
     time::Duration,
 };
 
-use forkmon_common::stub::{self, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, StubMessage};
+use forkmon_common::stub::{
+    self, CHECKPOINT_ATFORK, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, FAILED_THREADS_LEFT, StubMessage,
+};
 use log::{debug, warn};
 
 use crate::{
@@ -27,6 +29,7 @@ use crate::{
     filter::Filter,
     output::Reporter,
     priority::Policy,
+    procfs::Thread,
     watcher::{EVALUATION_LEAD, Identity, WatchError, WatchEvent},
 };
 
@@ -99,7 +102,10 @@ pub trait System: Kernel {
     fn file(&self, path: &Path) -> Option<Identity>;
     /// The source a cache file (Python's bytecode) stands for, by name.
     fn source_of_cache(&self, path: &Path) -> Option<PathBuf>;
+    /// How many threads `pid` has (one stat, on the checkpoint's path).
     fn threads(&self, pid: i32) -> usize;
+    /// Each of them, when there is more than one.
+    fn thread_states(&self, pid: i32) -> Vec<Thread>;
     fn policy(&self, pid: i32) -> Policy;
     fn give(&mut self, policy: Policy, pid: i32);
 
@@ -179,6 +185,51 @@ struct Checkpoint<G> {
     /// (a server it launched, say), spared by every resume, unlike what
     /// ran after the checkpoint (see [`Supervisor::kill_escaped`]).
     startup: Vec<i32>,
+    /// "watch" is yet to be said: said once its first child runs, for a
+    /// process forked with handlers, whose fork may still leave threads
+    /// and be given up (see [`Fork::WithHandlers`]).
+    unannounced: bool,
+    /// How many threads it had at the open.
+    threads: usize,
+}
+
+/// How a process is forked at its checkpoint.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fork {
+    /// It has one thread (the one stopped at the open): `_Fork()`, which
+    /// runs no atfork handler.
+    Alone,
+    /// It has others (how many threads in all), none that forkmon can tell
+    /// no handler stops: the stub forks with glibc's `fork()`
+    /// (`CHECKPOINT_ATFORK`), whose atfork handlers stop the pools that
+    /// registered one (OpenBLAS's), and keeps the checkpoint only if no
+    /// other thread is left.
+    WithHandlers(usize),
+}
+
+/// HotSpot's own threads, by the names it gives them (measured with
+/// OpenJDK 17): its GC, compilers and VM thread run the program's code
+/// along with it, and no atfork handler stops them.
+const JVM_THREADS: [&str; 3] = ["VM Thread", "Reference Handl", "Signal Dispatch"];
+
+/// Why forkmon can tell, without forking, that the handlers of `fork()`
+/// cannot leave a process without `thread`.
+fn cannot_fork_without(thread: &Thread) -> Option<String> {
+    if JVM_THREADS.contains(&thread.name.as_str()) {
+        return Some(format!(
+            "a Java VM: its thread '{}' and others run with the program, and a fork keeps \
+             only one",
+            thread.name
+        ));
+    }
+    if matches!(thread.state, 'T' | 't') {
+        // A pool's handler would wait for it (OpenBLAS joins its workers).
+        return Some(format!(
+            "thread {} is stopped, and a fork's handlers would wait for it",
+            thread.tid
+        ));
+    }
+    None
 }
 
 /// How a checkpoint's child starts running the program.
@@ -206,6 +257,9 @@ enum Due {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub pid: i32,
+    /// The thread that opened: stopped in the stub's handler, the one
+    /// thread a fork keeps.
+    pub tid: i32,
     /// The fd the open returned.
     pub fd: i64,
     /// Which open syscall (an `open_syscall` value), for the re-opens.
@@ -235,6 +289,9 @@ pub struct Supervisor<S: System> {
     program_uid: u32,
     last_status: Option<i32>,
     warned_threads: bool,
+    /// Processes whose fork (with handlers) left other threads: not forked
+    /// again while they have them.
+    threads_left: HashSet<i32>,
     /// A checkpoint was killed from outside (and the chain cut there).
     checkpoints_died: bool,
     /// `--no-standby`: a resume forks its child.
@@ -270,6 +327,7 @@ impl<S: System> Supervisor<S> {
             program_uid: options.program_uid,
             last_status: None,
             warned_threads: false,
+            threads_left: HashSet::new(),
             checkpoints_died: false,
             no_standby: options.no_standby,
             max_checkpoints: options.max_checkpoints,
@@ -372,11 +430,11 @@ impl<S: System> Supervisor<S> {
         if let (true, Some((identity, source))) = (cache, source) {
             (opened, path) = (Some(identity), Some(source));
         }
-        let checkpoint = match (&path, opened) {
-            (Some(path), Some(_)) => self.should_checkpoint(pid, path),
-            _ => false,
+        let fork = match (&path, opened) {
+            (Some(path), Some(_)) => self.should_checkpoint(pid, candidate.tid, path),
+            _ => None,
         };
-        let (Program::Running { group, .. }, true, Some(path)) = (self.program, checkpoint, path)
+        let (Program::Running { group, .. }, Some(fork), Some(path)) = (self.program, fork, path)
         else {
             // The eBPF program armed its next child, in case the stub
             // forked before this verdict; a child forked later is the
@@ -395,18 +453,26 @@ impl<S: System> Supervisor<S> {
             next: Next::Forking { stale: false },
             policy: self.system.policy(pid),
             startup,
+            unannounced: false,
+            threads: match fork {
+                Fork::Alone => 1,
+                Fork::WithHandlers(threads) => threads,
+            },
         });
-        self.program = Program::Starting {
-            at: self.chain.len() - 1,
-        };
+        let at = self.chain.len() - 1;
+        self.program = Program::Starting { at };
         // Its child goes on at once: armed at the fork, as the eBPF program
         // set when it signalled this open. The stub may have forked it
         // already, before this verdict.
-        self.system
-            .send(pid, stub::checkpoint_command(candidate.syscall, cache))?;
+        let mut command = stub::checkpoint_command(candidate.syscall, cache);
+        if fork != Fork::Alone {
+            command |= CHECKPOINT_ATFORK;
+        }
+        self.system.send(pid, command)?;
         // While it forks. Its child may read the file before the watch is
         // in place: a save meanwhile still shows against `opened`.
         match self.system.watch(&path, opened) {
+            Ok(()) if fork != Fork::Alone => self.chain[at].unannounced = true,
             Ok(()) => self.report.watch(&path),
             // The program runs on; only this file's changes go unnoticed.
             Err(e) => self.report.warn(&format!(
@@ -417,15 +483,17 @@ impl<S: System> Supervisor<S> {
         Ok(())
     }
 
-    fn should_checkpoint(&mut self, pid: i32, path: &Path) -> bool {
+    /// Whether `pid`'s open of `path` (by its thread `tid`) becomes a
+    /// checkpoint, and how it is forked.
+    fn should_checkpoint(&mut self, pid: i32, tid: i32, path: &Path) -> Option<Fork> {
         if self.running_pid() != Some(pid) {
-            return false;
+            return None;
         }
         if !self.filter.matches(path) {
-            return false;
+            return None;
         }
         if self.chain.iter().any(|c| c.file == path) {
-            return false; // the first open of each file is its checkpoint
+            return None; // the first open of each file is its checkpoint
         }
         if self.chain.len() >= self.max_checkpoints {
             if !std::mem::replace(&mut self.warned_max, true) {
@@ -435,19 +503,53 @@ impl<S: System> Supervisor<S> {
                     self.chain.len()
                 ));
             }
-            return false;
+            return None;
         }
-        let threads = self.system.threads(pid);
-        if threads > 1 {
-            if !self.warned_threads {
-                self.report.warn(&format!(
-                    "pid {pid} has {threads} threads: not checkpointing it (a fork keeps only one)"
-                ));
-                self.warned_threads = true;
-            }
-            return false;
+        self.fork_for(pid, tid)
+    }
+
+    /// How `pid`, stopped at an open by its thread `tid`, can be forked, if
+    /// it can. A fork keeps only `tid`. Other threads are forked the way
+    /// Python's `os.fork()` forks, with glibc's `fork()`, whose atfork
+    /// handlers stop the pools that registered one (`import numpy` starts
+    /// OpenBLAS's); the stub keeps the checkpoint only if that leaves no
+    /// other thread. Their states cannot tell a pool from a thread at work:
+    /// OpenBLAS's workers spin in user space, state R, for ~100 ms after
+    /// each BLAS call, then sleep in a futex, as idle threads no handler
+    /// stops do (docs/mechanism.md, "Threads"). What forkmon can tell
+    /// without forking is refused here.
+    fn fork_for(&mut self, pid: i32, tid: i32) -> Option<Fork> {
+        let count = self.system.threads(pid);
+        if count <= 1 {
+            return Some(Fork::Alone);
         }
-        true
+        let others: Vec<Thread> = self
+            .system
+            .thread_states(pid)
+            .into_iter()
+            .filter(|thread| thread.tid != tid)
+            .collect();
+        if others.is_empty() {
+            return Some(Fork::Alone); // they ended meanwhile
+        }
+        if self.threads_left.contains(&pid) {
+            return None; // its last fork left them, and said so
+        }
+        if let Some(why) = others.iter().find_map(cannot_fork_without) {
+            self.warn_threads(pid, count, &why);
+            return None;
+        }
+        debug!("pid {pid} has {count} threads: forking it with fork()'s handlers");
+        Some(Fork::WithHandlers(count))
+    }
+
+    /// Says once per run why a process with threads is not checkpointed.
+    fn warn_threads(&mut self, pid: i32, count: usize, why: &str) {
+        if !std::mem::replace(&mut self.warned_threads, true) {
+            self.report.warn(&format!(
+                "pid {pid} has {count} threads: not checkpointing it ({why})"
+            ));
+        }
     }
 
     /// A message on the stub socket, once the kernel has vouched for its
@@ -565,18 +667,38 @@ impl<S: System> Supervisor<S> {
         };
         // No child took the arming meant for it.
         self.system.arm(pid)?;
-        let error = nix::errno::Errno::from_raw(errno).desc();
+        let error = if errno == FAILED_THREADS_LEFT {
+            "threads outlived fork's handlers".to_string()
+        } else {
+            nix::errno::Errno::from_raw(errno).desc().to_string()
+        };
         if gave_up {
             // It runs on as the program, not as a checkpoint.
-            let Checkpoint { file, group, .. } = self.chain.remove(index);
+            let Checkpoint {
+                file,
+                group,
+                threads,
+                ..
+            } = self.chain.remove(index);
             self.system.unwatch(&file);
             self.cut_chain(index);
             self.program = Program::Running { pid, group };
             self.system.prepare(group);
-            self.report.warn(&format!(
-                "cannot checkpoint at '{}': {error}",
-                file.display()
-            ));
+            if errno == FAILED_THREADS_LEFT {
+                // Its fork with handlers left threads the child would lack
+                // (the stub killed that child before it ran).
+                self.threads_left.insert(pid);
+                self.warn_threads(
+                    pid,
+                    threads,
+                    "some are not stopped by fork's handlers, and a fork keeps only one",
+                );
+            } else {
+                self.report.warn(&format!(
+                    "cannot checkpoint at '{}': {error}",
+                    file.display()
+                ));
+            }
         } else {
             self.report.warn(&format!(
                 "cannot prepare a resume from '{}': {error}",
@@ -595,7 +717,11 @@ impl<S: System> Supervisor<S> {
     /// (~10 ms here), which must not delay the run. What it spawns
     /// meanwhile is swept along, found by ancestry.
     fn run_child(&mut self, index: usize, pid: i32, start: Start) -> anyhow::Result<()> {
-        let checkpoint = &self.chain[index];
+        let checkpoint = &mut self.chain[index];
+        if std::mem::take(&mut checkpoint.unannounced) {
+            // Its fork kept it: it has one thread now.
+            self.report.watch(&checkpoint.file);
+        }
         let (policy, parent_pid, parent_group) =
             (checkpoint.policy, checkpoint.pid, checkpoint.group);
         if start == Start::Go {

@@ -9,7 +9,10 @@ use std::{
 
 use forkmon_common::{
     open_syscall,
-    stub::{self, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, StubMessage},
+    stub::{
+        self, CHECKPOINT_ATFORK, CMD_FORK, CMD_FORK_STANDBY, CMD_GO, FAILED_THREADS_LEFT,
+        StubMessage,
+    },
 };
 
 use super::*;
@@ -45,7 +48,8 @@ struct FakeSystem {
     members: HashMap<u32, Vec<i32>>,
     /// Groups that still hold processes when asked.
     busy: HashSet<u32>,
-    threads: HashMap<i32, usize>,
+    /// Each process's threads (absent: one).
+    threads: HashMap<i32, Vec<Thread>>,
     /// What the program's fds are: absent, not a regular file.
     regular: bool,
     watch_error: bool,
@@ -207,7 +211,11 @@ impl System for FakeSystem {
     }
 
     fn threads(&self, pid: i32) -> usize {
-        self.threads.get(&pid).copied().unwrap_or(1)
+        self.threads.get(&pid).map_or(1, Vec::len)
+    }
+
+    fn thread_states(&self, pid: i32) -> Vec<Thread> {
+        self.threads.get(&pid).cloned().unwrap_or_default()
     }
 
     fn policy(&self, _pid: i32) -> Policy {
@@ -276,8 +284,14 @@ impl Supervisor<FakeSystem> {
 
     /// `pid` opened `/w/NAME` as fd 3 and waits for the verdict.
     fn opens(&mut self, pid: i32, name: &str) {
+        self.opens_in_thread(pid, pid, name);
+    }
+
+    /// …from its thread `tid`.
+    fn opens_in_thread(&mut self, pid: i32, tid: i32, name: &str) {
         self.on_candidate(Candidate {
             pid,
+            tid,
             fd: 3,
             syscall: open_syscall::OPENAT,
             path: Some(Path::new("/w").join(name)),
@@ -388,6 +402,7 @@ fn an_open_that_does_not_match_or_is_not_a_regular_file_is_let_go() {
     s.take_did();
     s.on_candidate(Candidate {
         pid: TARGET,
+        tid: TARGET,
         fd: 3,
         syscall: open_syscall::OPENAT,
         path: Some("/elsewhere/a.txt".into()),
@@ -427,13 +442,126 @@ fn each_file_is_a_checkpoint_once_and_only_the_program_checkpoints() {
     assert_eq!(s.chain.len(), 1);
 }
 
+fn thread(tid: i32, name: &str, state: char) -> Thread {
+    Thread {
+        tid,
+        name: name.into(),
+        state,
+    }
+}
+
+/// The target's main thread, polling in the stub's handler (state R),
+/// and `others`.
+fn with_threads(s: &mut Supervisor<FakeSystem>, others: &[Thread]) {
+    let mut all = vec![thread(TARGET, "python3", 'R')];
+    all.extend_from_slice(others);
+    s.system.threads.insert(TARGET, all);
+}
+
 #[test]
-fn a_process_with_threads_is_not_checkpointed() {
+fn a_process_whose_other_threads_may_be_a_pool_is_forked_with_handlers() {
+    // OpenBLAS's workers spin (R) for ~100 ms after a BLAS call, then
+    // sleep (S): either way the stub tries fork()'s handlers.
+    for state in ['R', 'S', 'D'] {
+        let mut s = supervisor();
+        with_threads(&mut s, &[thread(105, "python3", state)]);
+        s.take_did();
+        s.opens(TARGET, "a.txt");
+        assert_eq!(
+            s.take_did(),
+            [
+                Did::Sent(TARGET, checkpoint_command() | CHECKPOINT_ATFORK),
+                Did::Watched("/w/a.txt".into())
+            ],
+            "{state}"
+        );
+        assert!(!s.warned_threads);
+        assert!(s.chain[0].unannounced, "said once its fork kept it");
+        assert_eq!(s.chain[0].threads, 2);
+        s.forks(TARGET, 101, false);
+        assert!(!s.chain[0].unannounced);
+        assert_eq!(s.program, Program::Running { pid: 101, group: 1 });
+    }
+}
+
+#[test]
+fn the_main_thread_is_another_thread_when_a_worker_opened() {
+    // The stub forks in the thread that opened: the main thread would be
+    // left behind like any other, unless a handler stopped it (none does).
     let mut s = supervisor();
-    s.system.threads.insert(TARGET, 3);
+    with_threads(&mut s, &[thread(105, "worker", 'R')]);
+    s.opens_in_thread(TARGET, 105, "a.txt");
+    assert_eq!(
+        s.sent_to_last(TARGET),
+        checkpoint_command() | CHECKPOINT_ATFORK
+    );
+}
+
+#[test]
+fn a_java_vm_or_a_stopped_thread_is_refused_without_forking() {
+    for others in [
+        vec![
+            thread(105, "GC Thread#0", 'S'),
+            thread(106, "VM Thread", 'S'),
+        ],
+        vec![thread(105, "python3", 'T')],
+        vec![thread(105, "gdb-traced", 't')],
+    ] {
+        let mut s = supervisor();
+        with_threads(&mut s, &others);
+        s.take_did();
+        s.opens(TARGET, "a.txt");
+        assert_eq!(
+            s.take_did(),
+            [Did::KeptNextChildUnarmed(TARGET), Did::Sent(TARGET, CMD_GO)],
+            "{others:?}"
+        );
+        assert!(s.chain.is_empty());
+        assert!(s.warned_threads, "one line says why");
+    }
+}
+
+#[test]
+fn threads_left_by_the_fork_give_the_checkpoint_up_until_they_are_gone() {
+    let mut s = supervisor();
+    with_threads(&mut s, &[thread(105, "python3", 'S')]);
     s.opens(TARGET, "a.txt");
+    s.take_did();
+    // The stub's fork() left thread 105 (no handler stopped it): it killed
+    // the child before it ran, and the program goes on.
+    s.message(
+        TARGET,
+        StubMessage::Failed {
+            pid: TARGET,
+            fd: 3,
+            errno: FAILED_THREADS_LEFT,
+            gave_up: true,
+        },
+    );
+    assert_eq!(
+        s.take_did(),
+        [Did::Armed(TARGET), Did::Unwatched("/w/a.txt".into())]
+    );
     assert!(s.chain.is_empty());
     assert!(s.warned_threads);
+    assert_eq!(
+        s.program,
+        Program::Running {
+            pid: TARGET,
+            group: 0
+        }
+    );
+    // Not forked again while it has them…
+    s.opens(TARGET, "b.txt");
+    assert_eq!(
+        s.take_did(),
+        [Did::KeptNextChildUnarmed(TARGET), Did::Sent(TARGET, CMD_GO)]
+    );
+    // …and checkpointed as any process once it has one thread.
+    s.system.threads.remove(&TARGET);
+    s.opens(TARGET, "c.txt");
+    assert_eq!(s.sent_to_last(TARGET), checkpoint_command());
+    assert_eq!(s.chain.len(), 1);
 }
 
 #[test]
