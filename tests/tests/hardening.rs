@@ -173,6 +173,7 @@ fn background_processes_started_after_a_checkpoint_die_at_each_resume() {
                   sleep 1000 & (setsid sleep 1001 &) ; echo done";
     let forkmon = Forkmon::start(d, &[], &["sh", "-c", script]);
     forkmon.wait_stdout("done", 1);
+    forkmon.wait_stderr("waiting for changes", 1);
     for edit in 1..=5 {
         fs::write(d.join("data.txt"), format!("{edit}\n")).unwrap();
         forkmon.wait_stdout("done", edit + 1);

@@ -182,8 +182,8 @@ struct Checkpoint<G> {
     /// it (the checkpoint and its standbys wait at idle priority).
     policy: Policy,
     /// The processes of its group when it was made: the program's start-up
-    /// (a server it launched, say), spared by every resume, unlike what
-    /// ran after the checkpoint (see [`Supervisor::kill_escaped`]).
+    /// (a server it launched, say), which stays with the checkpoint, unlike
+    /// what runs after it (see [`Supervisor::run_child`]).
     startup: Vec<i32>,
     /// "watch" is yet to be said: said once its first child runs, for a
     /// process forked with handlers, whose fork may still leave threads
@@ -740,11 +740,28 @@ impl<S: System> Supervisor<S> {
         let started = std::time::Instant::now();
         let group = self.system.new_group(parent_group)?;
         self.system.move_into(group, pid)?;
+        // From now on what it starts is born in its group. What it started
+        // before goes with it: its descendants, and those whose parent has
+        // exited meanwhile (`sleep &` at the end of a script, a daemon's
+        // double fork), reparented to forkmon — anything in the
+        // checkpoint's group but the checkpoint, the children it forks
+        // itself (a standby, one on its way) and the start-up it was made
+        // with (a server the program launched before the checkpoint).
+        let startup = std::mem::take(&mut self.chain[index].startup);
         for other in self.system.members(parent_group)? {
-            if other != parent_pid && descends_from(&self.system, other, pid) {
+            if other == parent_pid || startup.contains(&other) {
+                continue;
+            }
+            let the_checkpoints = !descends_from(&self.system, other, pid)
+                && (self.system.alive_parent(other) == Some(parent_pid)
+                    || startup
+                        .iter()
+                        .any(|&up| descends_from(&self.system, other, up)));
+            if !the_checkpoints {
                 self.system.move_into(group, other)?;
             }
         }
+        self.chain[index].startup = startup;
         debug!("moved {pid} into its cgroup in {:?}", started.elapsed());
         self.chain[index].below = Some((pid, group));
         self.program = Program::Running { pid, group };
@@ -854,7 +871,6 @@ impl<S: System> Supervisor<S> {
         if let Some(group) = below {
             self.system.kill_in_background(group)?;
         }
-        self.kill_escaped(index);
         debug!(
             "killed the program below {} in {:?}",
             self.chain[index].pid,
@@ -868,37 +884,6 @@ impl<S: System> Supervisor<S> {
         });
         self.cut_chain(index + 1);
         Ok(())
-    }
-
-    /// Kills what ran after checkpoint `index` but stayed in the
-    /// checkpoint's own group, out of reach of the kill of the group below.
-    ///
-    /// A child that runs after a checkpoint is moved into its group only
-    /// once it runs (a move waits for an RCU grace period, see
-    /// [`run_child`](Self::run_child)); what it starts meanwhile is found
-    /// by ancestry — unless its parent has exited by then (`sleep 1000 &`
-    /// at the end of a script, a daemon's double fork): reparented to
-    /// forkmon, it stays behind. Spared: the checkpoint, the children it
-    /// forks itself (its standby, one on its way), and the start-up's
-    /// processes (and theirs).
-    fn kill_escaped(&mut self, index: usize) {
-        let checkpoint = &self.chain[index];
-        let Ok(members) = self.system.members(checkpoint.group) else {
-            return;
-        };
-        for pid in members {
-            let spared = pid == checkpoint.pid
-                || checkpoint.startup.contains(&pid)
-                || self.system.alive_parent(pid) == Some(checkpoint.pid)
-                || checkpoint
-                    .startup
-                    .iter()
-                    .any(|&up| descends_from(&self.system, pid, up));
-            if !spared {
-                debug!("killing {pid}, started after the checkpoint at {index}");
-                self.system.kill(pid);
-            }
-        }
     }
 
     /// The resume is due within [`EVALUATION_LEAD`]: do now what can be

@@ -870,27 +870,33 @@ fn a_process_that_closed_its_channels_is_observed_only() {
 }
 
 #[test]
-fn what_escaped_the_move_dies_at_the_resume_but_the_start_up_lives() {
+fn what_the_child_started_before_its_move_goes_with_it_but_the_start_up_stays() {
     let mut s = supervisor();
     // A server the program started before its checkpoint, and its worker.
     s.system.alive.insert(150, TARGET);
     s.system.alive.insert(151, 150);
     s.system.members.get_mut(&0).unwrap().extend([150, 151]);
     s.opens(TARGET, "a.txt");
-    s.forks(TARGET, 101, false);
-    // The child started `sleep &` and exited before it was moved: the
-    // sleep, reparented to forkmon (pid 50), stayed in the group.
+    // Before the child was moved it started `sleep &` and that sleep's
+    // parent exited: reparented to forkmon (pid 50), it is in the
+    // checkpoint's group. And the checkpoint's next fork is on its way.
     s.system.alive.insert(160, 50);
-    s.system.members.get_mut(&0).unwrap().push(160);
-    s.exited(TARGET, 101, 0);
-    s.forks(TARGET, 102, true); // the standby
+    s.system.alive.insert(170, TARGET);
+    s.system.members.get_mut(&0).unwrap().extend([160, 170]);
     s.take_did();
-    s.changed("a.txt");
+    s.forks(TARGET, 101, false);
     let did = s.take_did();
-    assert!(did.contains(&Did::Killed(160)), "{did:?}");
-    for spared in [TARGET, 150, 151, 102] {
-        assert!(!did.contains(&Did::Killed(spared)), "{spared}: {did:?}");
+    assert!(did.contains(&Did::Moved(1, 160)), "{did:?}");
+    for stays in [TARGET, 150, 151, 170] {
+        assert!(
+            !did.iter()
+                .any(|d| matches!(d, Did::Moved(_, p) if *p == stays)),
+            "{stays}: {did:?}"
+        );
     }
+    // It dies with the run's group at the next resume.
+    s.changed("a.txt");
+    assert!(s.take_did().contains(&Did::KilledNow(1)));
 }
 
 #[test]
