@@ -254,6 +254,9 @@ fn a_checkpoint_killed_from_outside_is_reported_as_such() {
     let script = "read x < data.txt; echo \"content=$x\"; sleep 1000";
     let mut forkmon = Forkmon::start(d, &[], &["sh", "-c", script]);
     forkmon.wait_stdout("content=one", 1);
+    // Its child registered: a checkpoint without one may be one whose fork
+    // failed and that ran on as the program.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     // The checkpoint is the program forkmon started: its child.
     let checkpoint = tree_processes_named(&forkmon, "sh")
         .into_iter()
