@@ -195,3 +195,80 @@ fn python_slow_start_example_resumes_without_its_start_up() {
         forkmon.stdout()
     );
 }
+
+/// The virtual environment `cargo xtask setup` makes, with pytest; in CI
+/// it must be there.
+fn pytest_python() -> Option<std::path::PathBuf> {
+    let python = support::workspace_dir().join("target/pyenv/bin/python");
+    let has_pytest = Command::new(&python)
+        .args(["-c", "import pytest"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if has_pytest {
+        return Some(python);
+    }
+    let reason = format!(
+        "{} cannot import pytest (`cargo xtask setup` installs it)",
+        python.display()
+    );
+    assert_ne!(
+        std::env::var("FORKMON_REQUIRE_BPF").as_deref(),
+        Ok("1"),
+        "{reason}"
+    );
+    eprintln!("skipping: {reason}");
+    None
+}
+
+/// examples/pytest-loop: editing the test file re-runs the tests without
+/// the session's set-up; editing conftest.py re-runs from there.
+#[test]
+fn pytest_loop_example_skips_the_set_up_until_conftest_changes() {
+    if !bpf_available("pytest_loop_example_skips_the_set_up_until_conftest_changes") {
+        return;
+    }
+    let Some(python) = pytest_python() else {
+        return;
+    };
+    let dir = scratch();
+    let d = dir.path();
+    let example = support::workspace_dir().join("examples/pytest-loop/tests");
+    fs::create_dir(d.join("tests")).unwrap();
+    fs::set_permissions(d.join("tests"), fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["conftest.py", "test_catalog.py"] {
+        fs::copy(example.join(name), d.join("tests").join(name)).unwrap();
+    }
+    let python = python.to_str().unwrap();
+    let args = [python, "-m", "pytest", "-q", "tests/test_catalog.py"];
+    let first = as_users_run_it(Command::new(args[0]).current_dir(d))
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("2 passed"),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    let forkmon = Forkmon::start_with(d, &[], &args, |cmd| {
+        as_users_run_it(cmd);
+    });
+    forkmon.wait_stdout("2 passed", 1);
+    forkmon.wait_stderr("waiting for changes", 1);
+    let tests = d.join("tests/test_catalog.py");
+    let more = fs::read_to_string(&tests).unwrap()
+        + "\n\ndef test_prefix(catalog):\n    assert all(k.startswith(\"item-\") for k in catalog)\n";
+    save(&tests, &more);
+    forkmon.wait_stdout("3 passed", 1);
+    assert_eq!(
+        forkmon.stdout().matches("set-up:").count(),
+        1,
+        "the set-up is not run again: {}",
+        forkmon.stdout()
+    );
+    forkmon.wait_stderr("waiting for changes", 2);
+    let conftest = d.join("tests/conftest.py");
+    let same = fs::read_to_string(&conftest).unwrap();
+    save(&conftest, &same);
+    forkmon.wait_stdout("set-up:", 2);
+    forkmon.wait_stdout("3 passed", 2);
+}

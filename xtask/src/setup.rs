@@ -99,41 +99,45 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
             std::fs::write(stamp_path()?, &wanted).context("recording bpf-linker's LLVM")?;
         }
     }
-    numpy(&mode)
+    python_packages(&mode)
 }
 
-/// Where the tests find numpy (tests/tests/numpy.rs): a virtual
-/// environment of its own, so that neither the system's Python nor the
-/// user's is changed.
+/// Where the tests find the Python packages they run (numpy, pytest): a
+/// virtual environment of its own, so that neither the system's Python
+/// nor the user's is changed.
 pub const NUMPY_VENV: &str = "target/pyenv";
 
-/// numpy from PyPI, for the tests of programs with idle worker threads
-/// (`import numpy` starts OpenBLAS's pool).
-fn numpy(mode: &Mode) -> anyhow::Result<()> {
+/// From PyPI: numpy, for the tests of programs with idle worker threads
+/// (`import numpy` starts OpenBLAS's pool), and pytest, for the test loop
+/// example (examples/pytest-loop).
+const PYTHON_PACKAGES: &[&str] = &["numpy", "pytest"];
+
+fn python_packages(mode: &Mode) -> anyhow::Result<()> {
     let venv = crate::root_dir().join(NUMPY_VENV);
     let python = venv.join("bin/python");
-    let has_numpy = |python: &std::path::Path| {
+    let imports = format!("import {}", PYTHON_PACKAGES.join(", "));
+    let has_them = |python: &std::path::Path| {
         Command::new(python)
-            .args(["-c", "import numpy"])
+            .args(["-c", &imports])
             .output()
             .is_ok_and(|out| out.status.success())
     };
-    if has_numpy(&python) {
-        say(mode, &format!("numpy: installed ({NUMPY_VENV})"));
+    let names = PYTHON_PACKAGES.join(" ");
+    if has_them(&python) {
+        say(mode, &format!("{names}: installed ({NUMPY_VENV})"));
         return Ok(());
     }
-    eprintln!("xtask setup: installing numpy from PyPI into {NUMPY_VENV}");
+    eprintln!("xtask setup: installing {names} from PyPI into {NUMPY_VENV}");
     if !python.is_file() {
         run_checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    run_checked(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "numpy",
-    ]))?;
-    if !has_numpy(&python) {
-        bail!("numpy installed into {NUMPY_VENV}, but its python cannot import it");
+    run_checked(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )?;
+    if !has_them(&python) {
+        bail!("{names} installed into {NUMPY_VENV}, but its python cannot import them");
     }
     Ok(())
 }
