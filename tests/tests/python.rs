@@ -196,19 +196,19 @@ fn python_slow_start_example_resumes_without_its_start_up() {
     );
 }
 
-/// The virtual environment `cargo xtask setup` makes, with pytest; in CI
-/// it must be there.
-fn pytest_python() -> Option<std::path::PathBuf> {
+/// The virtual environment `cargo xtask setup` makes (numpy, pytest), if
+/// it can import `module`; in CI it must.
+fn venv_python(module: &str) -> Option<std::path::PathBuf> {
     let python = support::workspace_dir().join("target/pyenv/bin/python");
-    let has_pytest = Command::new(&python)
-        .args(["-c", "import pytest"])
+    let imports = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|status| status.success());
-    if has_pytest {
+    if imports {
         return Some(python);
     }
     let reason = format!(
-        "{} cannot import pytest (`cargo xtask setup` installs it)",
+        "{} cannot import {module} (`cargo xtask setup` installs it)",
         python.display()
     );
     assert_ne!(
@@ -227,7 +227,7 @@ fn pytest_loop_example_skips_the_set_up_until_conftest_changes() {
     if !bpf_available("pytest_loop_example_skips_the_set_up_until_conftest_changes") {
         return;
     }
-    let Some(python) = pytest_python() else {
+    let Some(python) = venv_python("pytest") else {
         return;
     };
     let dir = scratch();
@@ -271,4 +271,51 @@ fn pytest_loop_example_skips_the_set_up_until_conftest_changes() {
     save(&conftest, &same);
     forkmon.wait_stdout("set-up:", 2);
     forkmon.wait_stdout("3 passed", 2);
+}
+
+/// examples/python-numpy: numpy's threads do not cost the checkpoint, and
+/// the resumed run's numpy works.
+#[test]
+fn python_numpy_example_resumes_with_numpy_working() {
+    if !bpf_available("python_numpy_example_resumes_with_numpy_working") {
+        return;
+    }
+    let Some(python) = venv_python("numpy") else {
+        return;
+    };
+    let dir = scratch();
+    let d = dir.path();
+    let example = support::workspace_dir().join("examples/python-numpy");
+    for name in ["app.py", "features.py", "model.py"] {
+        fs::copy(example.join(name), d.join(name)).unwrap();
+    }
+    let python = python.to_str().unwrap();
+    let first = as_users_run_it(Command::new(python).current_dir(d))
+        .arg("app.py")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first.stdout).contains("prediction: 2000000.0"));
+    let forkmon = Forkmon::start_with(d, &[], &[python, "app.py"], |cmd| {
+        as_users_run_it(cmd);
+    });
+    forkmon.wait_stdout("prediction: 2000000.0", 1);
+    let model = d.join("model.py");
+    forkmon.wait_stderr(&format!("[forkmon] watch '{}'", model.display()), 1);
+    forkmon.wait_stderr("waiting for changes", 1);
+    let source = fs::read_to_string(&model).unwrap();
+    for (weight, expected) in [("0.25", "500000.0"), ("1.0", "8000000.0")] {
+        save(&model, &source.replace("0.5", weight));
+        forkmon.wait_stdout(&format!("prediction: {expected}"), 1);
+    }
+    assert_eq!(
+        forkmon.stdout().matches("start-up:").count(),
+        1,
+        "{}",
+        forkmon.stdout()
+    );
+    assert!(
+        !forkmon.stderr().contains("not checkpointing"),
+        "{}",
+        forkmon.stderr()
+    );
 }
