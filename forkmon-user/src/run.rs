@@ -127,18 +127,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let status = loop {
         tokio::select! {
+            // In this order when several are ready: a stub's message is
+            // sent before what its process does next (a failed checkpoint
+            // reports, then runs on and exits), so it is read before the
+            // kernel's records and SIGCHLD that may follow it.
+            biased;
+            ready = registrations.readable() => {
+                ready.context("reading the stub socket")?;
+                for registration in registrations.drain()? {
+                    supervisor.on_registration(registration)?;
+                }
+            }
             ready = events.readable() => {
                 ready.context("reading the ring buffer")?;
                 let mut records = Vec::new();
                 events.drain(|record| records.push(owned(record)));
                 for record in records {
                     on_record(&mut supervisor, &mut target, record)?;
-                }
-            }
-            ready = registrations.readable() => {
-                ready.context("reading the stub socket")?;
-                for registration in registrations.drain()? {
-                    supervisor.on_registration(registration)?;
                 }
             }
             event = supervisor.system.watcher.next_event() => {
