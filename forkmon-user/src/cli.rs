@@ -166,6 +166,20 @@ pub fn no_color_env() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
 }
 
+/// clap's rendered error, with the blank line between a one-line message
+/// and its "For more information" pointer taken out: a bad value then reads
+/// as GNU tools word it (`ls: invalid …` / `Try 'ls --help' …`), while
+/// errors with tips and a usage line keep clap's layout.
+pub fn one_line_errors_read_as_one(rendered: &str) -> std::borrow::Cow<'_, str> {
+    const POINTER: &str = "\n\nFor more information";
+    match rendered.split_once(POINTER) {
+        Some((message, rest)) if !message.contains('\n') => {
+            format!("{message}\n{}{rest}", &POINTER[2..]).into()
+        }
+        _ => rendered.into(),
+    }
+}
+
 /// The subcommand used when none is named: `forkmon -- PROGRAM`.
 pub fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
     const KNOWN: &[&str] = &["run", "trace", "help", "-h", "--help", "-V", "--version"];
@@ -179,12 +193,9 @@ pub fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
 
 #[derive(Debug, Args)]
 pub struct ProgramArgs {
-    /// The program to run, and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        value_name = "PROGRAM [ARGS]..."
-    )]
+    /// The program to run, and its arguments (after `--` when the first
+    /// of them starts with `-`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
     pub argv: Vec<OsString>,
 }
 
@@ -263,6 +274,20 @@ mod tests {
         for value in ["1", "", "0", "yes", "false"] {
             assert_eq!(set_means_on(value), Ok(true), "{value:?}");
         }
+    }
+
+    #[test]
+    fn one_line_errors_keep_their_pointer_on_the_next_line() {
+        let value = "error: invalid value 'x' for '--n <N>': bad\n\n\
+                     For more information, try '--help'.\n";
+        assert_eq!(
+            one_line_errors_read_as_one(value),
+            "error: invalid value 'x' for '--n <N>': bad\nFor more information, try '--help'.\n"
+        );
+        let err = Cli::try_parse_from(["forkmon", "run", "--filer", "x", "--", "y"]).unwrap_err();
+        let whole = err.render().to_string();
+        assert_eq!(one_line_errors_read_as_one(&whole), whole);
+        assert!(whole.contains("tip: a similar argument exists: '--filter'"));
     }
 
     #[test]

@@ -26,6 +26,19 @@ mod watcher;
 
 use cli::{Cli, Command};
 
+/// clap's whole message: the usage line and its "a similar argument exists"
+/// tips are what tell a user how to fix the command line. `--help` and
+/// `--version` go to stdout with status 0, errors to stderr with 2.
+fn usage_error(e: clap::Error) -> ! {
+    if !e.use_stderr() {
+        e.exit();
+    }
+    let text = e.render().ansi().to_string();
+    // Stripped of its styles unless stderr is a terminal that wants them.
+    anstream::eprint!("{}", cli::one_line_errors_read_as_one(&text));
+    std::process::exit(2);
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The cgroup watchdog is forkmon re-executed: dispatch before anything
@@ -39,16 +52,7 @@ fn main() -> ExitCode {
         .init();
     let cli = match Cli::try_parse_from(cli::with_default_subcommand(args)) {
         Ok(cli) => cli,
-        Err(e) if e.use_stderr() => {
-            // One line naming the problem; clap's full text adds a usage
-            // block users of a bad flag value do not need.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("forkmon: {}", first.trim_start_matches("error: "));
-            eprintln!("Try 'forkmon --help' for more information.");
-            return ExitCode::from(2);
-        }
-        Err(e) => e.exit(),
+        Err(e) => usage_error(e),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

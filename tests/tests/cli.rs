@@ -1,0 +1,45 @@
+//! The command line as a user meets it: errors, messages, and the examples
+//! of `--help` and the README, run as written.
+mod support;
+
+use std::process::{Command, Output};
+
+use support::forkmon_bin;
+
+/// `forkmon ARGS` run to its end, in a directory of its own.
+fn forkmon(args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(forkmon_bin())
+        .current_dir(dir.path())
+        .args(args)
+        .env_remove("FORKMON_FILTER")
+        .output()
+        .expect("running forkmon")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn usage_errors_are_clap_s_whole_message() {
+    let missing = forkmon(&["run"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let text = stderr(&missing);
+    assert!(
+        text.contains("the following required arguments were not provided:")
+            && text.contains("<PROGRAM>...")
+            && text.contains("Usage: forkmon run"),
+        "{text}"
+    );
+
+    let typo = forkmon(&["run", "--filer", "*.lua", "--", "true"]);
+    assert_eq!(typo.status.code(), Some(2));
+    let text = stderr(&typo);
+    assert!(
+        text.contains("unexpected argument '--filer' found")
+            && text.contains("tip: a similar argument exists: '--filter'")
+            && text.contains("Usage: forkmon run"),
+        "{text}"
+    );
+}
