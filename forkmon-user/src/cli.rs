@@ -1,7 +1,7 @@
 //! Command line: subcommands, flags and their environment twins.
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -180,15 +180,71 @@ pub fn one_line_errors_read_as_one(rendered: &str) -> std::borrow::Cow<'_, str> 
     }
 }
 
-/// The subcommand used when none is named: `forkmon -- PROGRAM`.
-pub fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
-    const KNOWN: &[&str] = &["run", "trace", "help", "-h", "--help", "-V", "--version"];
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some(first) if KNOWN.contains(&first) => {}
-        None => {}
-        Some(_) => args.insert(1, "run".into()),
+/// Parses forkmon's command line: `run` when no subcommand is named, a
+/// usage error for a misspelt one.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let command = Cli::command();
+    let args = with_default_subcommand(&command, args)?;
+    let mut matches = command.try_get_matches_from(args)?;
+    Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))
+}
+
+/// The subcommand used when none is named: `forkmon -- PROGRAM` and
+/// `forkmon lua5.4 main.lua` are `forkmon run …`. A first word that is no
+/// subcommand but is followed by `--` (`forkmon trce -- true`) was meant as
+/// one: a usage error then, rather than running a program named `trce`.
+fn with_default_subcommand(
+    command: &clap::Command,
+    mut args: Vec<OsString>,
+) -> Result<Vec<OsString>, clap::Error> {
+    const FLAGS: &[&str] = &["-h", "--help", "-V", "--version"];
+    let Some(first) = args.get(1) else {
+        return Ok(args);
+    };
+    let known = first.to_str().is_some_and(|first| {
+        FLAGS.contains(&first) || first == "help" || command.find_subcommand(first).is_some()
+    });
+    if known {
+        return Ok(args);
     }
-    args
+    let word = first.as_encoded_bytes();
+    if !word.starts_with(b"-") && args.get(2).is_some_and(|next| next == "--") {
+        return Err(unknown_subcommand(command, first));
+    }
+    args.insert(1, "run".into());
+    Ok(args)
+}
+
+/// clap's own "unrecognized subcommand" (with its "a similar subcommand
+/// exists" tip), naming the subcommands and how to run a program of that
+/// name.
+fn unknown_subcommand(command: &clap::Command, word: &OsString) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let mut err = match command
+        .clone()
+        .try_get_matches_from([OsString::from("forkmon"), word.clone()])
+    {
+        Err(e) if e.kind() == ErrorKind::InvalidSubcommand => e,
+        _ => {
+            let mut e = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(command);
+            e.insert(
+                ContextKind::InvalidSubcommand,
+                ContextValue::String(word.to_string_lossy().into_owned()),
+            );
+            e
+        }
+    };
+    let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+    let word = word.to_string_lossy();
+    err.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![
+            format!("the subcommands are: {}", names.join(", ")).into(),
+            format!("to run a program named '{word}', put it after '--': 'forkmon -- {word} …'")
+                .into(),
+        ]),
+    );
+    err
 }
 
 #[derive(Debug, Args)]
@@ -220,22 +276,62 @@ mod tests {
         assert_eq!(args.program.argv, ["ls", "-l", "--json"]);
     }
 
+    fn argv(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
     #[test]
     fn run_is_the_default_subcommand() {
-        let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         for given in [
             &["forkmon", "--", "lua5.4", "main.lua"][..],
             &["forkmon", "--filter", "*.lua", "--", "lua5.4", "main.lua"],
             &["forkmon", "lua5.4", "main.lua"],
         ] {
-            let cli = Cli::try_parse_from(with_default_subcommand(argv(given))).unwrap();
+            let cli = parse(argv(given)).unwrap();
             let Command::Run(args) = cli.command else {
                 panic!("{given:?} parsed as {:?}", cli.command);
             };
             assert_eq!(args.program.argv, ["lua5.4", "main.lua"]);
         }
-        let trace = with_default_subcommand(argv(&["forkmon", "trace", "--", "ls"]));
-        assert_eq!(trace, argv(&["forkmon", "trace", "--", "ls"]));
+        let Command::Trace(args) = parse(argv(&["forkmon", "trace", "--", "ls"]))
+            .unwrap()
+            .command
+        else {
+            panic!("trace is a subcommand");
+        };
+        assert_eq!(args.program.argv, ["ls"]);
+    }
+
+    #[test]
+    fn a_misspelt_subcommand_is_a_usage_error_naming_them() {
+        use clap::error::ErrorKind;
+        let err = parse(argv(&["forkmon", "trce", "--", "true"])).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidSubcommand);
+        let text = err.render().to_string();
+        for expected in [
+            "unrecognized subcommand 'trce'",
+            "tip: a similar subcommand exists: 'trace'",
+            "tip: the subcommands are: run, trace",
+            "'forkmon -- trce …'",
+            "Usage: forkmon",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in {text}");
+        }
+        // Nothing close: the list and the way to run such a program remain.
+        let text = parse(argv(&["forkmon", "zzz", "--", "true"]))
+            .unwrap_err()
+            .render()
+            .to_string();
+        assert!(!text.contains("similar"), "{text}");
+        assert!(text.contains("the subcommands are: run, trace"), "{text}");
+        // A program's own `--` after its first argument is still its own.
+        let Command::Run(args) = parse(argv(&["forkmon", "--", "trce", "--", "x"]))
+            .unwrap()
+            .command
+        else {
+            panic!("run");
+        };
+        assert_eq!(args.program.argv, ["trce", "--", "x"]);
     }
 
     #[test]

@@ -2,8 +2,6 @@
 //! there (see docs/mechanism.md).
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 mod cgroup;
 mod channel;
 mod cli;
@@ -24,7 +22,7 @@ mod trace;
 mod watchdog;
 mod watcher;
 
-use cli::{Cli, Command};
+use cli::Command;
 
 /// clap's whole message: the usage line and its "a similar argument exists"
 /// tips are what tell a user how to fix the command line. `--help` and
@@ -50,7 +48,7 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    let cli = match Cli::try_parse_from(cli::with_default_subcommand(args)) {
+    let cli = match cli::parse(args) {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };

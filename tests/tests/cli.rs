@@ -43,3 +43,18 @@ fn usage_errors_are_clap_s_whole_message() {
         "{text}"
     );
 }
+
+#[test]
+fn a_misspelt_subcommand_is_a_usage_error_before_anything_loads() {
+    let out = forkmon(&["trce", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out);
+    for expected in [
+        "unrecognized subcommand 'trce'",
+        "tip: a similar subcommand exists: 'trace'",
+        "the subcommands are: run, trace",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in {text}");
+    }
+    assert!(!text.contains("command not found"), "{text}");
+}
