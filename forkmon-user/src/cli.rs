@@ -76,6 +76,11 @@ pub struct RunArgs {
     #[arg(long = "lua-filter", value_name = "PATTERNS", env = "FORKMON_FILTER")]
     pub lua_filter: Option<String>,
 
+    /// Whether `lua_filter` came from FORKMON_FILTER rather than the flag
+    /// (errors name the one the user wrote).
+    #[arg(skip)]
+    pub lua_filter_from_env: bool,
+
     /// Print nothing of forkmon's own.
     #[arg(short, long, env = "FORKMON_QUIET", value_parser = set_means_on, default_value = OFF)]
     pub quiet: bool,
@@ -186,7 +191,29 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let command = Cli::command();
     let args = with_default_subcommand(&command, args)?;
     let mut matches = command.try_get_matches_from(args)?;
-    Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))
+    // Read before the values are taken out of the matches.
+    let lua_filter_from_env = matches
+        .subcommand_matches("run")
+        .and_then(|run| run.value_source("lua_filter"))
+        == Some(clap::parser::ValueSource::EnvVariable);
+    let mut cli =
+        Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))?;
+    if let Command::Run(run) = &mut cli.command {
+        run.lua_filter_from_env = lua_filter_from_env;
+    }
+    Ok(cli)
+}
+
+impl RunArgs {
+    /// The Lua patterns, labelled with where the user gave them.
+    pub fn lua_patterns(&self) -> Option<crate::filter::LuaPatterns<'_>> {
+        let patterns = self.lua_filter.as_deref()?;
+        Some(if self.lua_filter_from_env {
+            crate::filter::LuaPatterns::environment(patterns)
+        } else {
+            crate::filter::LuaPatterns::flag(patterns)
+        })
+    }
 }
 
 /// The subcommand used when none is named: `forkmon -- PROGRAM` and
@@ -384,6 +411,18 @@ mod tests {
         let whole = err.render().to_string();
         assert_eq!(one_line_errors_read_as_one(&whole), whole);
         assert!(whole.contains("tip: a similar argument exists: '--filter'"));
+    }
+
+    #[test]
+    fn lua_patterns_know_whether_they_came_from_the_flag() {
+        let run = |args: &[&str]| match parse(argv(args)).unwrap().command {
+            Command::Run(run) => run,
+            other => panic!("{other:?}"),
+        };
+        // (The test environment does not set FORKMON_FILTER.)
+        let flag = run(&["forkmon", "--lua-filter", "%", "--", "x"]);
+        assert_eq!(flag.lua_patterns().unwrap().origin, "--lua-filter");
+        assert!(run(&["forkmon", "--", "x"]).lua_patterns().is_none());
     }
 
     #[test]

@@ -38,7 +38,7 @@ static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.s
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let filter = Filter::new(&args.globs, args.lua_filter.as_deref(), &cwd)?;
+    let filter = Filter::new(&args.globs, args.lua_patterns(), &cwd)?;
     let report = Reporter::new(
         args.quiet,
         !args.no_color && !crate::cli::no_color_env() && io::stderr().is_terminal(),
@@ -52,7 +52,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     })?;
     let user = TargetUser::from_sudo_env()?;
     if let Some(user) = &user {
-        crate::credentials::set_program_user(user).context("cannot read forkmon's own groups")?;
+        crate::credentials::set_program_user(user)
+            .context("cannot read its own supplementary groups")?;
     }
     let session = Session::create().context("cannot set up the cgroup for the program")?;
     let watcher = Watcher::new(Delays {

@@ -58,3 +58,46 @@ fn a_misspelt_subcommand_is_a_usage_error_before_anything_loads() {
     }
     assert!(!text.contains("command not found"), "{text}");
 }
+
+/// `forkmon ARGS` run as nobody (setpriv, util-linux), where it cannot load
+/// its eBPF program.
+fn forkmon_as_nobody(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(forkmon_bin())
+        .args(args)
+        .env_remove("FORKMON_FILTER")
+        .envs(env.iter().copied())
+        .current_dir("/")
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+#[test]
+fn messages_say_forkmon_once_and_name_what_the_user_wrote() {
+    // Root is needed to drop to nobody.
+    if !support::bpf_available("messages_say_forkmon_once_and_name_what_the_user_wrote") {
+        return;
+    }
+    let out = forkmon_as_nobody(&["trace", "--", "true"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "forkmon: needs root to load its eBPF program: run it with sudo\n"
+    );
+
+    let flag = forkmon(&["--lua-filter", "%.lua$;%", "--", "true"]);
+    assert_eq!(flag.status.code(), Some(1));
+    assert_eq!(
+        stderr(&flag),
+        "forkmon: invalid --lua-filter pattern '%': malformed pattern (ends with '%'); \
+         see Lua patterns, e.g. '%.lua$'\n"
+    );
+    let env = forkmon_as_nobody(&["--", "true"], &[("FORKMON_FILTER", "%")]);
+    assert_eq!(env.status.code(), Some(1));
+    assert!(
+        stderr(&env).starts_with("forkmon: invalid FORKMON_FILTER pattern '%'"),
+        "{}",
+        stderr(&env)
+    );
+}
