@@ -1,5 +1,5 @@
 //! Command line: subcommands, flags and their environment twins.
-use std::{ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
@@ -90,27 +90,31 @@ pub struct RunArgs {
     #[arg(long, env = "FORKMON_NO_COLORS", value_parser = set_means_on, default_value = OFF)]
     pub no_color: bool,
 
-    /// Milliseconds to wait after a change before resuming, so the editor
-    /// has finished writing (the running program is stopped at once).
+    /// How long to wait after a change before resuming, so the editor has
+    /// finished writing (the running program is stopped at once):
+    /// milliseconds (`50`) or a duration with its unit (`50ms`, `1.5s`).
     #[arg(
         long,
-        value_name = "MS",
+        value_name = "DELAY",
         env = "FORKMON_RESTART_DELAY",
-        default_value_t = crate::watcher::DEFAULT_RESTART_MS,
+        default_value_t = Delay::from_millis(crate::watcher::DEFAULT_RESTART_MS),
+        value_parser = parse_delay,
         allow_hyphen_values = true
     )]
-    pub restart_delay: u64,
+    pub restart_delay: Delay,
 
-    /// Milliseconds after a resume during which further changes wait; they
-    /// are applied when the window ends, never dropped.
+    /// How long after a resume further changes wait; they are applied when
+    /// the window ends, never dropped. Milliseconds or a duration with its
+    /// unit, as for --restart-delay.
     #[arg(
         long,
-        value_name = "MS",
+        value_name = "DELAY",
         env = "FORKMON_IGNORE_DELAY",
-        default_value_t = crate::watcher::DEFAULT_IGNORE_MS,
+        default_value_t = Delay::from_millis(crate::watcher::DEFAULT_IGNORE_MS),
+        value_parser = parse_delay,
         allow_hyphen_values = true
     )]
-    pub ignore_delay: u64,
+    pub ignore_delay: Delay,
 
     /// Do not flush the program's C stdio buffers at each checkpoint, nor
     /// run Python unbuffered: output written before a checkpoint but not
@@ -149,6 +153,48 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub program: ProgramArgs,
+}
+
+/// A delay as the user gave it: plain milliseconds (as the C forkmon took
+/// them, and scripts still pass) or a duration with its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delay(pub Duration);
+
+impl Delay {
+    pub const fn from_millis(ms: u64) -> Delay {
+        Delay(Duration::from_millis(ms))
+    }
+}
+
+/// `50ms`, `1s 500ms`: what --help shows as the default.
+impl std::fmt::Display for Delay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// Beyond this a delay is a mistake (a unit forgotten, a timestamp pasted),
+/// not a wish: forkmon would look hung.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+fn parse_delay(text: &str) -> Result<Delay, String> {
+    const FIX: &str = "give milliseconds (200) or a duration with its unit (50ms, 1.5s)";
+    let too_long = || format!("longer than an hour; {FIX}");
+    let duration = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_millis(text.parse().map_err(|_| too_long())?)
+    } else {
+        humantime::parse_duration(text).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => too_long(),
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("unknown unit '{unit}'; {FIX}")
+            }
+            _ => format!("not a delay; {FIX}"),
+        })?
+    };
+    if duration > MAX_DELAY {
+        return Err(too_long());
+    }
+    Ok(Delay(duration))
 }
 
 /// How the C forkmon reads its switches (`FORKMON_QUIET`, …): set means
@@ -371,6 +417,65 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--ignore-delay"), "{err}");
+    }
+
+    #[test]
+    fn delays_take_milliseconds_or_units_up_to_an_hour() {
+        let ms = |n| Ok(Delay(Duration::from_millis(n)));
+        assert_eq!(parse_delay("50"), ms(50));
+        assert_eq!(parse_delay("0"), ms(0));
+        assert_eq!(parse_delay("50ms"), ms(50));
+        assert_eq!(parse_delay("1s"), ms(1000));
+        assert_eq!(parse_delay("1.5s"), ms(1500));
+        assert_eq!(parse_delay("1min"), ms(60_000));
+        assert_eq!(parse_delay("1h"), ms(3_600_000));
+        for absurd in [
+            "99999999999999",
+            "99999999999999999999999",
+            "1h 1s",
+            "3days",
+        ] {
+            assert_eq!(
+                parse_delay(absurd),
+                Err(
+                    "longer than an hour; give milliseconds (200) or a duration with its unit \
+                     (50ms, 1.5s)"
+                        .into()
+                ),
+                "{absurd}"
+            );
+        }
+        for bad in ["", "-5", "soon", "5 parsecs", "1.5"] {
+            assert!(parse_delay(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            parse_delay("5 parsecs")
+                .unwrap_err()
+                .starts_with("unknown unit 'parsecs'")
+        );
+    }
+
+    #[test]
+    fn help_shows_the_default_delays() {
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 50ms]"), "{help}");
+        assert!(help.contains("[default: 200ms]"), "{help}");
+        let run = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        };
+        let defaults = run(&["forkmon", "run", "--", "x"]);
+        assert_eq!(
+            (defaults.restart_delay, defaults.ignore_delay),
+            (
+                Delay::from_millis(crate::watcher::DEFAULT_RESTART_MS),
+                Delay::from_millis(crate::watcher::DEFAULT_IGNORE_MS)
+            )
+        );
     }
 
     #[test]

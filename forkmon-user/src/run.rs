@@ -57,8 +57,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     let session = Session::create().context("cannot set up the cgroup for the program")?;
     let watcher = Watcher::new(Delays {
-        restart: Duration::from_millis(args.restart_delay),
-        ignore: Duration::from_millis(args.ignore_delay),
+        restart: args.restart_delay.0,
+        ignore: args.ignore_delay.0,
     })?;
     let mut events = Events::new(probes.take_events()).context("cannot poll the ring buffer")?;
     let (registrations, target_end) =

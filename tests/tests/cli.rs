@@ -101,3 +101,50 @@ fn messages_say_forkmon_once_and_name_what_the_user_wrote() {
         stderr(&env)
     );
 }
+
+#[test]
+fn delays_take_units_and_refuse_absurd_values_in_one_line() {
+    for (args, env, named) in [
+        (
+            &["--restart-delay", "99999999999999", "--", "true"][..],
+            None,
+            "--restart-delay",
+        ),
+        (
+            &["--", "true"][..],
+            Some(("FORKMON_IGNORE_DELAY", "2h")),
+            "--ignore-delay",
+        ),
+    ] {
+        let mut cmd = Command::new(forkmon_bin());
+        cmd.args(args).current_dir("/");
+        if let Some((key, value)) = env {
+            cmd.env(key, value);
+        }
+        let out = cmd.output().unwrap();
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {text}");
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.contains(named) && first.contains("longer than an hour"),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines().count(),
+            2,
+            "one line and the help pointer: {text}"
+        );
+    }
+    if !support::bpf_available("delays_take_units_and_refuse_absurd_values_in_one_line") {
+        return;
+    }
+    let out = forkmon(&[
+        "--restart-delay",
+        "1.5s",
+        "--ignore-delay",
+        "50ms",
+        "--",
+        "true",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
