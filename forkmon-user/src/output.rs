@@ -1,5 +1,9 @@
 //! How opens are shown: a table for people, JSON lines for programs.
-use std::path::PathBuf;
+use std::{
+    cell::RefCell,
+    io::{self, Write},
+    path::PathBuf,
+};
 
 use forkmon_common::{OpenRecord, comm_str, open_syscall, path_state};
 use nix::errno::Errno;
@@ -94,22 +98,37 @@ impl OpenLine {
 pub struct Reporter {
     quiet: bool,
     color: bool,
+    sink: RefCell<Box<dyn Write>>,
 }
 
 impl Reporter {
     pub fn new(quiet: bool, color: bool) -> Reporter {
-        Reporter { quiet, color }
+        Reporter::to(Box::new(io::stderr()), quiet, color)
+    }
+
+    /// A reporter writing to `sink` (the tests' recorder).
+    pub fn to(sink: Box<dyn Write>, quiet: bool, color: bool) -> Reporter {
+        Reporter {
+            quiet,
+            color,
+            sink: RefCell::new(sink),
+        }
     }
 
     fn say(&self, text: &str) {
         if self.quiet {
             return;
         }
-        if self.color {
-            eprintln!("\x1b[1;36m[forkmon]\x1b[0m {text}");
+        let prefix = if self.color {
+            "\x1b[1;36m[forkmon]\x1b[0m"
         } else {
-            eprintln!("[forkmon] {text}");
-        }
+            "[forkmon]"
+        };
+        // The whole line in one write: the program writes to the same
+        // stderr, and a line written in pieces (prefix, text, newline: what
+        // eprintln! does on unbuffered stderr) interleaves with its output.
+        let line = format!("{prefix} {text}\n");
+        let _ = self.sink.borrow_mut().write_all(line.as_bytes());
     }
 
     pub fn watch(&self, file: &std::path::Path) {
@@ -211,6 +230,43 @@ pub fn open_flags(flags: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keeps each `write` call apart, as the kernel would see them.
+    #[derive(Clone, Default)]
+    struct Writes(std::rc::Rc<RefCell<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_message_is_one_write() {
+        for color in [false, true] {
+            let writes = Writes::default();
+            let report = Reporter::to(Box::new(writes.clone()), false, color);
+            report.watch(std::path::Path::new("/w/main.lua"));
+            report.exited(0);
+            let writes = writes.0.borrow();
+            assert_eq!(writes.len(), 2, "{writes:?}");
+            for write in writes.iter() {
+                let line = String::from_utf8_lossy(write);
+                assert!(
+                    line.contains("[forkmon]") && line.ends_with('\n'),
+                    "{line:?}"
+                );
+                assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+            }
+        }
+        let writes = Writes::default();
+        Reporter::to(Box::new(writes.clone()), true, false).exited(0);
+        assert!(writes.0.borrow().is_empty(), "quiet says nothing");
+    }
 
     #[test]
     fn names_flags_like_strace() {
