@@ -42,8 +42,12 @@ pub enum Command {
                             sudo forkmon trace --json -- ./build.sh > opens.jsonl\n\n\
                             Each line: seconds since start, pid, command name, the fd or the \
                             error, the open flags, and the path (made absolute with the \
-                            process's cwd or dirfd where it is still known). Exits with \
-                            PROGRAM's exit status.")]
+                            process's cwd or dirfd where it is still known), escaped as ls \
+                            and strace do (\\n, \\x1b, \\xff for a byte that is not UTF-8). \
+                            In --json, a name that is not UTF-8 shows U+FFFD in path and \
+                            abs_path, and its bytes, as an array of numbers, in path_bytes and \
+                            abs_path_bytes (present only then). Exits with PROGRAM's exit \
+                            status.")]
     Trace(TraceArgs),
 }
 

@@ -148,3 +148,87 @@ fn delays_take_units_and_refuse_absurd_values_in_one_line() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A file name a terminal would obey, with a byte that is not UTF-8.
+const HOSTILE: &[u8] = b"x\x1b[31mred\nline\xff";
+/// How forkmon prints it.
+const HOSTILE_ESCAPED: &str = r"x\x1b[31mred\nline\xff";
+
+fn hostile_dir() -> tempfile::TempDir {
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let name = std::ffi::OsStr::from_bytes(HOSTILE);
+    std::fs::write(dir.path().join(name), "hi\n").unwrap();
+    dir
+}
+
+#[test]
+fn hostile_file_names_are_escaped_on_screen_and_kept_in_json() {
+    use std::os::unix::ffi::OsStrExt as _;
+    if !support::bpf_available("hostile_file_names_are_escaped_on_screen_and_kept_in_json") {
+        return;
+    }
+    let dir = hostile_dir();
+    let d = dir.path();
+    // The shell hands cat the name, cat opens it (exec: forkmon run
+    // checkpoints the program itself, not its subprocesses).
+    let trace = |args: &[&str]| {
+        let out = Command::new(forkmon_bin())
+            .current_dir(d)
+            .arg("trace")
+            .args(args)
+            .args(["--", "sh", "-c", "exec cat ./x*"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+
+    // The table, on stderr as strace's: one row, escaped.
+    let table = trace(&[]).stderr;
+    assert!(
+        !table.contains(&0x1b) && !table.contains(&0xff),
+        "raw bytes on screen"
+    );
+    let table = String::from_utf8(table).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.contains("red"))
+        .unwrap_or_else(|| panic!("no row for the file: {table}"));
+    let expected = format!("{}/{HOSTILE_ESCAPED}", d.display());
+    assert!(row.ends_with(&expected), "{row}");
+
+    // JSON: the bytes are there to recover the name.
+    let json_file = d.join("opens.jsonl");
+    trace(&["--json", "--output", json_file.to_str().unwrap()]);
+    let opens: Vec<serde_json::Value> = std::fs::read_to_string(&json_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bytes =
+        |v: &serde_json::Value| -> Option<Vec<u8>> { serde_json::from_value(v.clone()).ok() };
+    let mut abs = d.as_os_str().as_bytes().to_vec();
+    abs.push(b'/');
+    abs.extend_from_slice(HOSTILE);
+    let open = opens
+        .iter()
+        .find(|o| bytes(&o["abs_path_bytes"]).as_deref() == Some(&abs[..]))
+        .unwrap_or_else(|| panic!("no open with the name's bytes: {opens:?}"));
+    assert_eq!(
+        bytes(&open["path_bytes"]).unwrap(),
+        [b"./", HOSTILE].concat()
+    );
+    // UTF-8 names carry no bytes.
+    assert!(opens.iter().any(|o| o.get("abs_path_bytes").is_none()));
+
+    // forkmon run's own messages.
+    let forkmon = support::live::Forkmon::start(d, &[], &["sh", "-c", "exec cat ./x*"]);
+    forkmon.wait_stderr("waiting for changes", 1);
+    let text = forkmon.stderr();
+    assert!(
+        text.contains(&format!("[forkmon] watch '{expected}'\n")),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "{text}");
+}

@@ -25,7 +25,7 @@ use log::{debug, warn};
 use crate::{
     channel::{self, Kernel, Registration},
     filter::Filter,
-    output::Reporter,
+    output::{Reporter, escape_path},
     priority::Policy,
     watcher::{EVALUATION_LEAD, Identity, WatchError, WatchEvent},
 };
@@ -305,7 +305,7 @@ impl<S: System> Supervisor<S> {
         // resumed from them.
         self.report.warn(&format!(
             "the checkpoint at '{}' was killed from outside; it can no longer be resumed",
-            self.chain[index].file.display()
+            escape_path(&self.chain[index].file)
         ));
         self.checkpoints_died = true;
         self.cut_chain(index);
@@ -411,7 +411,7 @@ impl<S: System> Supervisor<S> {
             // The program runs on; only this file's changes go unnoticed.
             Err(e) => self.report.warn(&format!(
                 "{e}; changes to '{}' will go unnoticed",
-                path.display()
+                escape_path(&path)
             )),
         }
         Ok(())
@@ -575,12 +575,12 @@ impl<S: System> Supervisor<S> {
             self.system.prepare(group);
             self.report.warn(&format!(
                 "cannot checkpoint at '{}': {error}",
-                file.display()
+                escape_path(&file)
             ));
         } else {
             self.report.warn(&format!(
                 "cannot prepare a resume from '{}': {error}",
-                self.chain[index].file.display()
+                escape_path(&self.chain[index].file)
             ));
             self.chain[index].next = Next::Nothing;
         }
