@@ -232,3 +232,23 @@ fn hostile_file_names_are_escaped_on_screen_and_kept_in_json() {
     );
     assert!(!text.contains('\x1b'), "{text}");
 }
+
+/// The nested builds of the eBPF object and the stub print nothing when
+/// they succeed (they printed ~40 "warning:" lines of progress). Cargo
+/// replays a build script's warnings on every build, so building the
+/// current tree shows what a user sees.
+#[test]
+fn building_forkmon_prints_no_progress_as_warnings() {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(support::workspace_dir())
+        .args(["build", "--package", "forkmon-user"])
+        .output()
+        .unwrap();
+    let text = stderr(&out);
+    assert!(out.status.success(), "{text}");
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("warning: forkmon-user@"))
+        .collect();
+    assert!(warnings.is_empty(), "{}", warnings.join("\n"));
+}
