@@ -49,6 +49,58 @@ pub enum Command {
                             abs_path_bytes (present only then). Exits with PROGRAM's exit \
                             status.")]
     Trace(TraceArgs),
+    /// Print a completion script for SHELL.
+    #[command(after_help = "Examples:\n  \
+                            source <(forkmon completions bash)  # in ~/.bashrc\n  \
+                            forkmon completions zsh > ~/.zfunc/_forkmon  # fpath+=(~/.zfunc) in ~/.zshrc\n  \
+                            forkmon completions fish > ~/.config/fish/completions/forkmon.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of forkmon, or of one of its
+    /// subcommands.
+    #[command(after_help = "Examples:\n  \
+                            forkmon man | man -l -\n  \
+                            forkmon man run | man -l -")]
+    Man {
+        #[arg(value_parser = ["run", "trace", "completions", "man"])]
+        subcommand: Option<String>,
+    },
+}
+
+/// `forkmon completions SHELL`: from the clap definition, so the script
+/// always knows this binary's subcommands and flags.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "forkmon", &mut script);
+    script
+}
+
+/// `forkmon man [SUBCOMMAND]`: forkmon(1), or forkmon-run(1) and the other
+/// pages forkmon(1) refers to.
+pub fn man(subcommand: Option<&str>) -> std::io::Result<Vec<u8>> {
+    // `forkmon help` is for the terminal; a page of its own would be empty.
+    let command = Cli::command().disable_help_subcommand(true);
+    let source = format!("forkmon {}", env!("CARGO_PKG_VERSION"));
+    let page = match subcommand {
+        None => clap_mangen::Man::new(command),
+        Some(name) => {
+            // clap names are `&'static str` (without its "string" feature);
+            // printing one page is all this process does.
+            let page_name: &'static str = format!("forkmon-{name}").leak();
+            let sub = command
+                .find_subcommand(name)
+                .expect("clap checked the name")
+                .clone()
+                .name(page_name)
+                .bin_name(format!("forkmon {name}"));
+            clap_mangen::Man::new(sub)
+        }
+    };
+    let mut roff = Vec::new();
+    page.source(source).render(&mut roff)?;
+    Ok(roff)
 }
 
 #[derive(Debug, Args)]
@@ -532,6 +584,30 @@ mod tests {
         let flag = run(&["forkmon", "--lua-filter", "%", "--", "x"]);
         assert_eq!(flag.lua_patterns().unwrap().origin, "--lua-filter");
         assert!(run(&["forkmon", "--", "x"]).lua_patterns().is_none());
+    }
+
+    #[test]
+    fn completions_and_man_pages_come_from_the_definition() {
+        use clap::ValueEnum as _;
+        for shell in clap_complete::Shell::value_variants() {
+            let script = String::from_utf8(completions(*shell)).unwrap();
+            for word in ["trace", "restart-delay", "lua-filter"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+        let top = String::from_utf8(man(None).unwrap()).unwrap();
+        assert!(top.contains(".TH forkmon 1"), "{top}");
+        assert!(
+            top.contains("forkmon\\-run(1)") && !top.contains("forkmon\\-help"),
+            "{top}"
+        );
+        for name in ["run", "trace", "completions", "man"] {
+            let page = String::from_utf8(man(Some(name)).unwrap()).unwrap();
+            assert!(page.contains(&format!(".TH forkmon-{name} 1")), "{page}");
+        }
+        let run = String::from_utf8(man(Some("run")).unwrap()).unwrap();
+        assert!(run.contains("FORKMON_RESTART_DELAY"), "env twins are named");
+        assert!(run.contains("[default: 50ms]"), "{run}");
     }
 
     #[test]

@@ -37,6 +37,15 @@ fn usage_error(e: clap::Error) -> ! {
     std::process::exit(2);
 }
 
+/// Standard output for a script or page; a reader that stops early (`|
+/// head`) is no error.
+fn print(text: &[u8]) -> anyhow::Result<u8> {
+    match std::io::Write::write_all(&mut std::io::stdout(), text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The cgroup watchdog is forkmon re-executed: dispatch before anything
@@ -67,6 +76,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::trace(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Completions { shell } => print(&cli::completions(shell)),
+            Command::Man { subcommand } => print(&cli::man(subcommand.as_deref())?),
         }
     });
     match result {
