@@ -141,8 +141,9 @@ pub struct RunArgs {
     #[arg(short, long, env = "FORKMON_QUIET", value_parser = set_means_on, default_value = OFF)]
     pub quiet: bool,
 
-    /// No colors (also NO_COLOR when not empty; colors are only used on a
-    /// terminal).
+    /// No colors. Without it, colors are used on a terminal unless NO_COLOR
+    /// is set and not empty, CLICOLOR=0 or TERM=dumb; CLICOLOR_FORCE asks for
+    /// them anywhere.
     #[arg(long, env = "FORKMON_NO_COLORS", value_parser = set_means_on, default_value = OFF)]
     pub no_color: bool,
 
@@ -267,11 +268,6 @@ fn set_means_on(value: &str) -> Result<bool, std::convert::Infallible> {
 /// The default of an "if set" switch: a NUL, which cannot occur in an
 /// environment variable's value.
 const OFF: &str = "\0";
-
-/// Whether `NO_COLOR` asks for no colors: set and not empty (no-color.org).
-pub fn no_color_env() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
-}
 
 /// clap's rendered error, with the blank line between a one-line message
 /// and its "For more information" pointer taken out: a bad value then reads

@@ -134,6 +134,19 @@ impl OpenLine {
     }
 }
 
+/// The C forkmon's bold cyan.
+const PREFIX_STYLE: anstyle::Style = anstyle::Style::new()
+    .bold()
+    .fg_color(Some(anstyle::Color::Ansi(anstyle::AnsiColor::Cyan)));
+
+/// Whether forkmon's messages on stderr are coloured: never with
+/// `--no-color` (`FORKMON_NO_COLORS`); otherwise as anstream reads the
+/// conventions (NO_COLOR, CLICOLOR, CLICOLOR_FORCE, TERM=dumb, a
+/// terminal), as clap's own help and errors do.
+pub fn stderr_color(no_color: bool) -> bool {
+    !no_color && anstream::AutoStream::choice(&io::stderr()) != anstream::ColorChoice::Never
+}
+
 /// forkmon's own messages during `run`, in the C forkmon's words, on
 /// standard error.
 pub struct Reporter {
@@ -160,11 +173,12 @@ impl Reporter {
         if self.quiet {
             return;
         }
-        let prefix = if self.color {
-            "\x1b[1;36m[forkmon]\x1b[0m"
+        let style = if self.color {
+            PREFIX_STYLE
         } else {
-            "[forkmon]"
+            anstyle::Style::new()
         };
+        let prefix = format!("{style}[forkmon]{style:#}");
         // The whole line in one write: the program writes to the same
         // stderr, and a line written in pieces (prefix, text, newline: what
         // eprintln! does on unbuffered stderr) interleaves with its output.

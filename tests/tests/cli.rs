@@ -252,3 +252,63 @@ fn building_forkmon_prints_no_progress_as_warnings() {
         .collect();
     assert!(warnings.is_empty(), "{}", warnings.join("\n"));
 }
+
+/// forkmon's messages follow the colour conventions (NO_COLOR, CLICOLOR,
+/// CLICOLOR_FORCE, TERM=dumb), on a terminal (script(1)'s) or not.
+#[test]
+fn colours_follow_the_conventions() {
+    if !support::bpf_available("colours_follow_the_conventions") {
+        return;
+    }
+    let bin = forkmon_bin();
+    let run = |terminal: bool, env: &[(&str, &str)], flags: &[&str]| -> String {
+        let mut cmd = if terminal {
+            let mut line = format!("{} run", bin.display());
+            for flag in flags {
+                line.push(' ');
+                line.push_str(flag);
+            }
+            line.push_str(" -- true");
+            let mut script = Command::new("script");
+            script.args(["-qec", &line, "/dev/null"]);
+            script
+        } else {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").args(flags).args(["--", "true"]);
+            cmd
+        };
+        for var in [
+            "NO_COLOR",
+            "CLICOLOR",
+            "CLICOLOR_FORCE",
+            "FORKMON_NO_COLORS",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("TERM", "xterm")
+            .envs(env.iter().copied())
+            .current_dir("/");
+        let out = cmd.output().expect("script (util-linux)");
+        // script(1) gives the terminal's output on its stdout.
+        let text = if terminal { out.stdout } else { out.stderr };
+        let text = String::from_utf8_lossy(&text).into_owned();
+        assert!(text.contains("[forkmon]"), "{text}");
+        text
+    };
+    let coloured = |text: &str| text.contains("\x1b[");
+    assert!(coloured(&run(true, &[], &[])), "a terminal");
+    assert!(!coloured(&run(true, &[("TERM", "dumb")], &[])), "TERM=dumb");
+    assert!(!coloured(&run(true, &[("NO_COLOR", "1")], &[])), "NO_COLOR");
+    assert!(
+        !coloured(&run(true, &[("CLICOLOR", "0")], &[])),
+        "CLICOLOR=0"
+    );
+    assert!(!coloured(&run(true, &[], &["--no-color"])), "--no-color");
+    assert!(!coloured(&run(false, &[], &[])), "not a terminal");
+    let forced = [("CLICOLOR_FORCE", "1")];
+    assert!(coloured(&run(false, &forced, &[])), "CLICOLOR_FORCE");
+    assert!(
+        !coloured(&run(false, &forced, &["--no-color"])),
+        "--no-color wins"
+    );
+}
