@@ -15,7 +15,10 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
     after_help = "Examples:\n  \
                   sudo forkmon trace -- python3 -c 'import json'\n  \
                   sudo forkmon trace --json --output opens.jsonl -- make\n  \
-                  cargo xtask run -- trace -- ls /tmp"
+                  cargo xtask run -- trace -- ls /tmp\n\n\
+                  Installed by cargo, forkmon is in ~/.cargo/bin, which sudo's secure_path \
+                  leaves out: run sudo \"$(command -v forkmon)\" … or sudo env \"PATH=$PATH\" \
+                  forkmon …"
 )]
 pub struct Cli {
     #[command(subcommand)]
