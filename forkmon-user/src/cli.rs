@@ -42,12 +42,13 @@ pub enum Command {
     /// Run PROGRAM and print every file its process tree opens, as it happens.
     #[command(after_help = "Examples:\n  \
                             sudo forkmon trace -- python3 -c 'import json'\n  \
-                            sudo forkmon trace --json -- ./build.sh > opens.jsonl\n\n\
+                            sudo forkmon trace --json --output opens.jsonl -- ./build.sh\n\n\
                             Each line: seconds since start, pid, command name, the fd or the \
                             error, the open flags, and the path (made absolute with the \
-                            process's cwd or dirfd where it is still known), escaped as ls \
-                            and strace do (\\n, \\x1b, \\xff for a byte that is not UTF-8). \
-                            In --json, a name that is not UTF-8 shows U+FFFD in path and \
+                            process's cwd or dirfd where it is still known), on standard \
+                            error as strace's (PROGRAM keeps standard output; --output FILE \
+                            for a file), escaped as ls and strace do (\\n, \\x1b, \\xff for \
+                            a byte that is not UTF-8). In --json, a name that is not UTF-8 shows U+FFFD in path and \
                             abs_path, and its bytes, as an array of numbers, in path_bytes and \
                             abs_path_bytes (present only then). Exits with PROGRAM's exit \
                             status.")]

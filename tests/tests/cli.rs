@@ -2,7 +2,13 @@
 //! of `--help` and the README, run as written.
 mod support;
 
-use std::process::{Command, Output};
+use std::{
+    io::Read,
+    path::Path,
+    process::{Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use support::forkmon_bin;
 
@@ -311,4 +317,408 @@ fn colours_follow_the_conventions() {
         !coloured(&run(false, &forced, &["--no-color"])),
         "--no-color wins"
     );
+}
+
+// Every example of `--help` (all subcommands) and of the README's code
+// blocks, run as written where it can run here, each checked against what
+// its text says.
+
+/// The examples of `forkmon [SUBCOMMAND] --help`: the indented lines under
+/// "Examples:".
+fn examples_in_help() -> Vec<String> {
+    let mut found = Vec::new();
+    for sub in [
+        None,
+        Some("run"),
+        Some("trace"),
+        Some("completions"),
+        Some("man"),
+    ] {
+        let out = Command::new(forkmon_bin())
+            .args(sub)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        let examples: Vec<String> = help
+            .lines()
+            .skip_while(|line| *line != "Examples:")
+            .skip(1)
+            .take_while(|line| line.starts_with("  "))
+            .map(example_command)
+            .collect();
+        assert!(
+            !examples.is_empty(),
+            "no examples in {sub:?} --help:\n{help}"
+        );
+        found.extend(examples);
+    }
+    found
+}
+
+/// The commands of the README's code blocks: every line of a `sh` block,
+/// the `$ ` lines of a transcript.
+fn examples_in_readme() -> Vec<String> {
+    let readme = std::fs::read_to_string(support::workspace_dir().join("README.md")).unwrap();
+    let mut found = Vec::new();
+    let mut block: Option<&str> = None;
+    for line in readme.lines() {
+        if let Some(info) = line.strip_prefix("```") {
+            block = if block.is_none() {
+                Some(info.trim())
+            } else {
+                None
+            };
+            continue;
+        }
+        match block {
+            Some("sh") if !line.trim().is_empty() => found.push(example_command(line)),
+            Some("") => found.extend(line.strip_prefix("$ ").map(example_command)),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// An example line as a command: without its comment.
+fn example_command(line: &str) -> String {
+    let line = line.trim();
+    line.find("  #")
+        .map_or(line, |comment| &line[..comment])
+        .trim()
+        .to_owned()
+}
+
+/// The example as it runs here: as root already (what `sudo` is for; sudo
+/// itself is not installed here), and `cargo xtask run -- ARGS` as the
+/// `forkmon ARGS` it builds and runs (no nested build of the whole tree in
+/// a test). `forkmon` is found on PATH, as an installed one would be.
+fn as_run_here(example: &str) -> String {
+    let command = example.strip_prefix("sudo ").unwrap_or(example);
+    match command.strip_prefix("cargo xtask run -- ") {
+        Some(args) => format!("forkmon {args}"),
+        None => command.to_owned(),
+    }
+}
+
+/// `bash -c COMMAND` in `dir`, with forkmon on PATH and HOME in `dir`.
+fn shell(command: &str, dir: &Path) -> Command {
+    let bin_dir = forkmon_bin().parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(
+        std::iter::once(bin_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", command])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("HOME", dir)
+        .env("NO_COLOR", "1")
+        .env("MANPAGER", "cat")
+        .env("PAGER", "cat")
+        .env_remove("FORKMON_FILTER")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn finished(command: &str, dir: &Path) -> (Output, String, String) {
+    let out = shell(command, dir).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{command}: {}\n{stderr}", out.status);
+    (out, stdout, stderr)
+}
+
+/// An example that runs until interrupted (`forkmon run`), its output
+/// collected as it comes.
+struct Running {
+    child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn start(command: &str, dir: &Path) -> Running {
+        use std::os::unix::process::CommandExt as _;
+        let mut child = shell(command, dir)
+            // Its own process group, to be interrupted as a terminal would.
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |mut from: Box<dyn Read + Send>| {
+            let text = Arc::new(Mutex::new(String::new()));
+            let sink = text.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            text
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits until stdout and stderr hold these lines, in this order each.
+    fn wait_for(&self, out: &[&str], err: &[&str]) {
+        let holds = |text: &str, lines: &[&str]| {
+            let mut rest = text;
+            lines
+                .iter()
+                .all(|line| match rest.find(&format!("{line}\n")) {
+                    Some(at) => {
+                        rest = &rest[at + line.len()..];
+                        true
+                    }
+                    None => false,
+                })
+        };
+        let deadline = Instant::now() + support::live::PATIENCE;
+        loop {
+            let (stdout, stderr) = (
+                self.stdout.lock().unwrap().clone(),
+                self.stderr.lock().unwrap().clone(),
+            );
+            if holds(&stdout, out) && holds(&stderr, err) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {out:?} / {err:?}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Ctrl-C, and forkmon's end.
+    fn interrupt(mut self) {
+        // SAFETY: signalling the process group we made.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGINT) };
+        let deadline = Instant::now() + support::live::PATIENCE;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "forkmon did not end at Ctrl-C");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: killing the process group we made, if it is still there.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Saved as editors do: written beside, renamed over.
+fn save(path: &Path, content: &str) {
+    let tmp = path.with_extension("swp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `forkmon … -- lua5.4 [DIR/]main.lua` on the repository's example: the
+/// README's transcript, edit of foo.lua included.
+fn check_lua_example(command: &str, rel: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let lua = dir.path().join(rel);
+    std::fs::create_dir_all(&lua).unwrap();
+    for file in ["main.lua", "foo.lua"] {
+        std::fs::copy(
+            support::workspace_dir().join("examples/lua").join(file),
+            lua.join(file),
+        )
+        .unwrap();
+    }
+    let (main, edited) = (lua.join("main.lua"), lua.join("foo.lua"));
+    let running = Running::start(command, dir.path());
+    running.wait_for(
+        &["startup", "foo!", "finished"],
+        &[
+            &format!("[forkmon] watch '{}'", main.display()),
+            &format!("[forkmon] watch '{}'", edited.display()),
+            "[forkmon] program exited with status 0, waiting for changes..",
+        ],
+    );
+    save(&edited, "print(\"hello world!\")\n");
+    running.wait_for(
+        &["foo!", "finished", "hello world!", "finished"],
+        &[&format!(
+            "[forkmon] file '{}' changed, resuming from it..",
+            edited.display()
+        )],
+    );
+    running.interrupt();
+}
+
+/// `forkmon --filter '*.py' -- python3 MAIN`: the README's Python
+/// transcript.
+fn check_python_example(command: &str, main: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join(main), "print('start-up')\nimport mod\n").unwrap();
+    std::fs::write(d.join("mod.py"), "print('value: one')\n").unwrap();
+    let running = Running::start(command, d);
+    running.wait_for(
+        &["start-up", "value: one"],
+        &[
+            &format!("[forkmon] watch '{}'", d.join(main).display()),
+            &format!("[forkmon] watch '{}'", d.join("mod.py").display()),
+            "[forkmon] program exited with status 0, waiting for changes..",
+        ],
+    );
+    save(&d.join("mod.py"), "print('value: two')\n");
+    running.wait_for(
+        &["value: one", "value: two"],
+        &[&format!(
+            "[forkmon] file '{}' changed, resuming from it..",
+            d.join("mod.py").display()
+        )],
+    );
+    running.interrupt();
+}
+
+/// Runs `example` (as it runs here) and checks it does what it says.
+fn check_example(example: &str) {
+    let command = as_run_here(example);
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    match example {
+        "sudo forkmon trace -- python3 -c 'import json'" => {
+            let (_, stdout, stderr) = finished(&command, dir);
+            // The table, on stderr: the program keeps stdout.
+            assert!(stdout.is_empty(), "{stdout}");
+            let mut lines = stderr.lines();
+            assert!(lines.next().unwrap().trim_start().starts_with("TIME(s)"));
+            assert!(lines.any(|row| row.contains("/json/")), "{stderr}");
+        }
+        "sudo forkmon trace --json --output opens.jsonl -- make"
+        | "sudo forkmon trace --json --output opens.jsonl -- ./build.sh" => {
+            // A small build: make, or a build script, reading input.txt.
+            std::fs::write(dir.join("input.txt"), "built\n").unwrap();
+            std::fs::write(dir.join("Makefile"), "all:\n\t@cat input.txt\n").unwrap();
+            std::fs::write(dir.join("build.sh"), "#!/bin/sh\ncat input.txt\n").unwrap();
+            Command::new("chmod")
+                .args(["+x", "build.sh"])
+                .current_dir(dir)
+                .status()
+                .unwrap();
+            let (_, stdout, stderr) = finished(&command, dir);
+            assert_eq!(stdout, "built\n", "the program keeps its stdout");
+            assert!(!stderr.contains('{'), "no trace on stderr: {stderr}");
+            let trace = std::fs::read_to_string(dir.join("opens.jsonl")).unwrap();
+            let opens: Vec<serde_json::Value> = trace
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+                .collect();
+            let input = dir.join("input.txt");
+            assert!(
+                opens
+                    .iter()
+                    .any(|o| o["abs_path"] == input.to_str().unwrap() && o["fd"].is_number()),
+                "{trace}"
+            );
+        }
+        "cargo xtask run -- trace -- ls /tmp" => {
+            let (_, _, stderr) = finished(&command, dir);
+            assert!(
+                stderr
+                    .lines()
+                    .any(|row| row.ends_with(" /tmp") && row.contains("O_DIRECTORY")),
+                "{stderr}"
+            );
+        }
+        "sudo forkmon run -- lua5.4 main.lua"
+        | "sudo FORKMON_FILTER='%.lua$' forkmon -- lua5.4 main.lua" => {
+            check_lua_example(&command, "")
+        }
+        "cargo xtask run -- lua5.4 examples/lua/main.lua"
+        | "sudo \"$(command -v forkmon)\" -- lua5.4 examples/lua/main.lua"
+        | "sudo env \"PATH=$PATH\" forkmon -- lua5.4 examples/lua/main.lua" => {
+            check_lua_example(&command, "examples/lua")
+        }
+        "sudo forkmon --filter '*.py' -- python3 app.py" => {
+            check_python_example(&command, "app.py")
+        }
+        "sudo forkmon --filter '*.py' -- python3 main.py" => {
+            check_python_example(&command, "main.py")
+        }
+        "source <(forkmon completions bash)" => {
+            let (_, stdout, _) = finished(&format!("{command}; complete -p forkmon"), dir);
+            assert!(stdout.contains("-F _forkmon forkmon"), "{stdout}");
+        }
+        "forkmon completions zsh > ~/.zfunc/_forkmon" => {
+            std::fs::create_dir(dir.join(".zfunc")).unwrap();
+            finished(&command, dir);
+            let script = std::fs::read_to_string(dir.join(".zfunc/_forkmon")).unwrap();
+            assert!(script.starts_with("#compdef forkmon"), "{script}");
+        }
+        "forkmon completions fish > ~/.config/fish/completions/forkmon.fish" => {
+            std::fs::create_dir_all(dir.join(".config/fish/completions")).unwrap();
+            finished(&command, dir);
+            let script =
+                std::fs::read_to_string(dir.join(".config/fish/completions/forkmon.fish")).unwrap();
+            assert!(script.contains("complete -c forkmon"), "{script}");
+        }
+        "forkmon man | man -l -" => {
+            let (_, page, _) = finished(&command, dir);
+            assert!(
+                page.contains("SYNOPSIS") && page.contains("forkmon-run(1)"),
+                "{page}"
+            );
+        }
+        "forkmon man run | man -l -" => {
+            let (_, page, _) = finished(&command, dir);
+            assert!(
+                page.contains("--restart-delay") && page.contains("FORKMON_RESTART_DELAY"),
+                "{page}"
+            );
+        }
+        // Not run here: this test is part of `cargo xtask test`; `cargo xtask
+        // setup` installs system packages; `cargo install` is a release build
+        // of the whole tree from scratch, minutes on this machine (run by
+        // hand for the commit that documented it).
+        "cargo xtask test" | "cargo xtask setup" | "cargo install --locked --path forkmon-user" => {
+        }
+        _ => panic!(
+            "no check for the example {example:?}: add one to check_example in \
+             tests/tests/cli.rs, saying what its text promises"
+        ),
+    }
+}
+
+#[test]
+fn every_example_in_help_and_the_readme_does_what_it_says() {
+    if !support::bpf_available("every_example_in_help_and_the_readme_does_what_it_says") {
+        return;
+    }
+    let mut examples = examples_in_help();
+    examples.extend(examples_in_readme());
+    // The README's first two commands, kept as they are.
+    assert_eq!(
+        examples_in_readme()[..2],
+        [
+            "cargo xtask run -- lua5.4 examples/lua/main.lua",
+            "cargo xtask test"
+        ]
+    );
+    let mut seen = std::collections::HashSet::new();
+    for example in examples {
+        if seen.insert(example.clone()) {
+            eprintln!("example: {example}");
+            check_example(&example);
+        }
+    }
 }
