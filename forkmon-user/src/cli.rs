@@ -1,7 +1,7 @@
 //! Command line: subcommands, flags and their environment twins.
-use std::{ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,7 +15,10 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Examples:\n  \
                   sudo forkmon trace -- python3 -c 'import json'\n  \
                   sudo forkmon trace --json --output opens.jsonl -- make\n  \
-                  cargo xtask run -- trace -- ls /tmp"
+                  cargo xtask run -- trace -- ls /tmp\n\n\
+                  Installed by cargo, forkmon is in ~/.cargo/bin, which sudo's secure_path \
+                  leaves out: run sudo \"$(command -v forkmon)\" … or sudo env \"PATH=$PATH\" \
+                  forkmon …"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -39,12 +42,69 @@ pub enum Command {
     /// Run PROGRAM and print every file its process tree opens, as it happens.
     #[command(after_help = "Examples:\n  \
                             sudo forkmon trace -- python3 -c 'import json'\n  \
-                            sudo forkmon trace --json -- ./build.sh > opens.jsonl\n\n\
+                            sudo forkmon trace --json --output opens.jsonl -- ./build.sh\n\n\
                             Each line: seconds since start, pid, command name, the fd or the \
                             error, the open flags, and the path (made absolute with the \
-                            process's cwd or dirfd where it is still known). Exits with \
-                            PROGRAM's exit status.")]
+                            process's cwd or dirfd where it is still known), on standard \
+                            error as strace's (PROGRAM keeps standard output; --output FILE \
+                            for a file), escaped as ls and strace do (\\n, \\x1b, \\xff for \
+                            a byte that is not UTF-8). In --json, a name that is not UTF-8 shows U+FFFD in path and \
+                            abs_path, and its bytes, as an array of numbers, in path_bytes and \
+                            abs_path_bytes (present only then). Exits with PROGRAM's exit \
+                            status.")]
     Trace(TraceArgs),
+    /// Print a completion script for SHELL.
+    #[command(after_help = "Examples:\n  \
+                            source <(forkmon completions bash)  # in ~/.bashrc\n  \
+                            forkmon completions zsh > ~/.zfunc/_forkmon  # fpath+=(~/.zfunc) in ~/.zshrc\n  \
+                            forkmon completions fish > ~/.config/fish/completions/forkmon.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) of forkmon, or of one of its
+    /// subcommands.
+    #[command(after_help = "Examples:\n  \
+                            forkmon man | man -l -\n  \
+                            forkmon man run | man -l -")]
+    Man {
+        #[arg(value_parser = ["run", "trace", "completions", "man"])]
+        subcommand: Option<String>,
+    },
+}
+
+/// `forkmon completions SHELL`: from the clap definition, so the script
+/// always knows this binary's subcommands and flags.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "forkmon", &mut script);
+    script
+}
+
+/// `forkmon man [SUBCOMMAND]`: forkmon(1), or forkmon-run(1) and the other
+/// pages forkmon(1) refers to.
+pub fn man(subcommand: Option<&str>) -> std::io::Result<Vec<u8>> {
+    // `forkmon help` is for the terminal; a page of its own would be empty.
+    let command = Cli::command().disable_help_subcommand(true);
+    let source = format!("forkmon {}", env!("CARGO_PKG_VERSION"));
+    let page = match subcommand {
+        None => clap_mangen::Man::new(command),
+        Some(name) => {
+            // clap names are `&'static str` (without its "string" feature);
+            // printing one page is all this process does.
+            let page_name: &'static str = format!("forkmon-{name}").leak();
+            let sub = command
+                .find_subcommand(name)
+                .expect("clap checked the name")
+                .clone()
+                .name(page_name)
+                .bin_name(format!("forkmon {name}"));
+            clap_mangen::Man::new(sub)
+        }
+    };
+    let mut roff = Vec::new();
+    page.source(source).render(&mut roff)?;
+    Ok(roff)
 }
 
 #[derive(Debug, Args)]
@@ -76,36 +136,46 @@ pub struct RunArgs {
     #[arg(long = "lua-filter", value_name = "PATTERNS", env = "FORKMON_FILTER")]
     pub lua_filter: Option<String>,
 
+    /// Whether `lua_filter` came from FORKMON_FILTER rather than the flag
+    /// (errors name the one the user wrote).
+    #[arg(skip)]
+    pub lua_filter_from_env: bool,
+
     /// Print nothing of forkmon's own.
     #[arg(short, long, env = "FORKMON_QUIET", value_parser = set_means_on, default_value = OFF)]
     pub quiet: bool,
 
-    /// No colors (also NO_COLOR when not empty; colors are only used on a
-    /// terminal).
+    /// No colors. Without it, colors are used on a terminal unless NO_COLOR
+    /// is set and not empty, CLICOLOR=0 or TERM=dumb; CLICOLOR_FORCE asks for
+    /// them anywhere.
     #[arg(long, env = "FORKMON_NO_COLORS", value_parser = set_means_on, default_value = OFF)]
     pub no_color: bool,
 
-    /// Milliseconds to wait after a change before resuming, so the editor
-    /// has finished writing (the running program is stopped at once).
+    /// How long to wait after a change before resuming, so the editor has
+    /// finished writing (the running program is stopped at once):
+    /// milliseconds (`50`) or a duration with its unit (`50ms`, `1.5s`).
     #[arg(
         long,
-        value_name = "MS",
+        value_name = "DELAY",
         env = "FORKMON_RESTART_DELAY",
-        default_value_t = crate::watcher::DEFAULT_RESTART_MS,
+        default_value_t = Delay::from_millis(crate::watcher::DEFAULT_RESTART_MS),
+        value_parser = parse_delay,
         allow_hyphen_values = true
     )]
-    pub restart_delay: u64,
+    pub restart_delay: Delay,
 
-    /// Milliseconds after a resume during which further changes wait; they
-    /// are applied when the window ends, never dropped.
+    /// How long after a resume further changes wait; they are applied when
+    /// the window ends, never dropped. Milliseconds or a duration with its
+    /// unit, as for --restart-delay.
     #[arg(
         long,
-        value_name = "MS",
+        value_name = "DELAY",
         env = "FORKMON_IGNORE_DELAY",
-        default_value_t = crate::watcher::DEFAULT_IGNORE_MS,
+        default_value_t = Delay::from_millis(crate::watcher::DEFAULT_IGNORE_MS),
+        value_parser = parse_delay,
         allow_hyphen_values = true
     )]
-    pub ignore_delay: u64,
+    pub ignore_delay: Delay,
 
     /// Do not flush the program's C stdio buffers at each checkpoint, nor
     /// run Python unbuffered: output written before a checkpoint but not
@@ -146,6 +216,48 @@ pub struct RunArgs {
     pub program: ProgramArgs,
 }
 
+/// A delay as the user gave it: plain milliseconds (as the C forkmon took
+/// them, and scripts still pass) or a duration with its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delay(pub Duration);
+
+impl Delay {
+    pub const fn from_millis(ms: u64) -> Delay {
+        Delay(Duration::from_millis(ms))
+    }
+}
+
+/// `50ms`, `1s 500ms`: what --help shows as the default.
+impl std::fmt::Display for Delay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// Beyond this a delay is a mistake (a unit forgotten, a timestamp pasted),
+/// not a wish: forkmon would look hung.
+const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+fn parse_delay(text: &str) -> Result<Delay, String> {
+    const FIX: &str = "give milliseconds (200) or a duration with its unit (50ms, 1.5s)";
+    let too_long = || format!("longer than an hour; {FIX}");
+    let duration = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_millis(text.parse().map_err(|_| too_long())?)
+    } else {
+        humantime::parse_duration(text).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => too_long(),
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!("unknown unit '{unit}'; {FIX}")
+            }
+            _ => format!("not a delay; {FIX}"),
+        })?
+    };
+    if duration > MAX_DELAY {
+        return Err(too_long());
+    }
+    Ok(Delay(duration))
+}
+
 /// How the C forkmon reads its switches (`FORKMON_QUIET`, …): set means
 /// on, whatever the value, an empty one included. So `FORKMON_QUIET=1`,
 /// `=yes` and `=0` all turn it on, as users' aliases and scripts expect.
@@ -161,30 +273,114 @@ fn set_means_on(value: &str) -> Result<bool, std::convert::Infallible> {
 /// environment variable's value.
 const OFF: &str = "\0";
 
-/// Whether `NO_COLOR` asks for no colors: set and not empty (no-color.org).
-pub fn no_color_env() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+/// clap's rendered error, with the blank line between a one-line message
+/// and its "For more information" pointer taken out: a bad value then reads
+/// as GNU tools word it (`ls: invalid …` / `Try 'ls --help' …`), while
+/// errors with tips and a usage line keep clap's layout.
+pub fn one_line_errors_read_as_one(rendered: &str) -> std::borrow::Cow<'_, str> {
+    const POINTER: &str = "\n\nFor more information";
+    match rendered.split_once(POINTER) {
+        Some((message, rest)) if !message.contains('\n') => {
+            format!("{message}\n{}{rest}", &POINTER[2..]).into()
+        }
+        _ => rendered.into(),
+    }
 }
 
-/// The subcommand used when none is named: `forkmon -- PROGRAM`.
-pub fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
-    const KNOWN: &[&str] = &["run", "trace", "help", "-h", "--help", "-V", "--version"];
-    match args.get(1).and_then(|a| a.to_str()) {
-        Some(first) if KNOWN.contains(&first) => {}
-        None => {}
-        Some(_) => args.insert(1, "run".into()),
+/// Parses forkmon's command line: `run` when no subcommand is named, a
+/// usage error for a misspelt one.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let command = Cli::command();
+    let args = with_default_subcommand(&command, args)?;
+    let mut matches = command.try_get_matches_from(args)?;
+    // Read before the values are taken out of the matches.
+    let lua_filter_from_env = matches
+        .subcommand_matches("run")
+        .and_then(|run| run.value_source("lua_filter"))
+        == Some(clap::parser::ValueSource::EnvVariable);
+    let mut cli =
+        Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))?;
+    if let Command::Run(run) = &mut cli.command {
+        run.lua_filter_from_env = lua_filter_from_env;
     }
-    args
+    Ok(cli)
+}
+
+impl RunArgs {
+    /// The Lua patterns, labelled with where the user gave them.
+    pub fn lua_patterns(&self) -> Option<crate::filter::LuaPatterns<'_>> {
+        let patterns = self.lua_filter.as_deref()?;
+        Some(if self.lua_filter_from_env {
+            crate::filter::LuaPatterns::environment(patterns)
+        } else {
+            crate::filter::LuaPatterns::flag(patterns)
+        })
+    }
+}
+
+/// The subcommand used when none is named: `forkmon -- PROGRAM` and
+/// `forkmon lua5.4 main.lua` are `forkmon run …`. A first word that is no
+/// subcommand but is followed by `--` (`forkmon trce -- true`) was meant as
+/// one: a usage error then, rather than running a program named `trce`.
+fn with_default_subcommand(
+    command: &clap::Command,
+    mut args: Vec<OsString>,
+) -> Result<Vec<OsString>, clap::Error> {
+    const FLAGS: &[&str] = &["-h", "--help", "-V", "--version"];
+    let Some(first) = args.get(1) else {
+        return Ok(args);
+    };
+    let known = first.to_str().is_some_and(|first| {
+        FLAGS.contains(&first) || first == "help" || command.find_subcommand(first).is_some()
+    });
+    if known {
+        return Ok(args);
+    }
+    let word = first.as_encoded_bytes();
+    if !word.starts_with(b"-") && args.get(2).is_some_and(|next| next == "--") {
+        return Err(unknown_subcommand(command, first));
+    }
+    args.insert(1, "run".into());
+    Ok(args)
+}
+
+/// clap's own "unrecognized subcommand" (with its "a similar subcommand
+/// exists" tip), naming the subcommands and how to run a program of that
+/// name.
+fn unknown_subcommand(command: &clap::Command, word: &OsString) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let mut err = match command
+        .clone()
+        .try_get_matches_from([OsString::from("forkmon"), word.clone()])
+    {
+        Err(e) if e.kind() == ErrorKind::InvalidSubcommand => e,
+        _ => {
+            let mut e = clap::Error::new(ErrorKind::InvalidSubcommand).with_cmd(command);
+            e.insert(
+                ContextKind::InvalidSubcommand,
+                ContextValue::String(word.to_string_lossy().into_owned()),
+            );
+            e
+        }
+    };
+    let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+    let word = word.to_string_lossy();
+    err.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![
+            format!("the subcommands are: {}", names.join(", ")).into(),
+            format!("to run a program named '{word}', put it after '--': 'forkmon -- {word} …'")
+                .into(),
+        ]),
+    );
+    err
 }
 
 #[derive(Debug, Args)]
 pub struct ProgramArgs {
-    /// The program to run, and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        value_name = "PROGRAM [ARGS]..."
-    )]
+    /// The program to run, and its arguments (after `--` when the first
+    /// of them starts with `-`).
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
     pub argv: Vec<OsString>,
 }
 
@@ -209,22 +405,62 @@ mod tests {
         assert_eq!(args.program.argv, ["ls", "-l", "--json"]);
     }
 
+    fn argv(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
     #[test]
     fn run_is_the_default_subcommand() {
-        let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         for given in [
             &["forkmon", "--", "lua5.4", "main.lua"][..],
             &["forkmon", "--filter", "*.lua", "--", "lua5.4", "main.lua"],
             &["forkmon", "lua5.4", "main.lua"],
         ] {
-            let cli = Cli::try_parse_from(with_default_subcommand(argv(given))).unwrap();
+            let cli = parse(argv(given)).unwrap();
             let Command::Run(args) = cli.command else {
                 panic!("{given:?} parsed as {:?}", cli.command);
             };
             assert_eq!(args.program.argv, ["lua5.4", "main.lua"]);
         }
-        let trace = with_default_subcommand(argv(&["forkmon", "trace", "--", "ls"]));
-        assert_eq!(trace, argv(&["forkmon", "trace", "--", "ls"]));
+        let Command::Trace(args) = parse(argv(&["forkmon", "trace", "--", "ls"]))
+            .unwrap()
+            .command
+        else {
+            panic!("trace is a subcommand");
+        };
+        assert_eq!(args.program.argv, ["ls"]);
+    }
+
+    #[test]
+    fn a_misspelt_subcommand_is_a_usage_error_naming_them() {
+        use clap::error::ErrorKind;
+        let err = parse(argv(&["forkmon", "trce", "--", "true"])).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidSubcommand);
+        let text = err.render().to_string();
+        for expected in [
+            "unrecognized subcommand 'trce'",
+            "tip: a similar subcommand exists: 'trace'",
+            "tip: the subcommands are: run, trace",
+            "'forkmon -- trce …'",
+            "Usage: forkmon",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in {text}");
+        }
+        // Nothing close: the list and the way to run such a program remain.
+        let text = parse(argv(&["forkmon", "zzz", "--", "true"]))
+            .unwrap_err()
+            .render()
+            .to_string();
+        assert!(!text.contains("similar"), "{text}");
+        assert!(text.contains("the subcommands are: run, trace"), "{text}");
+        // A program's own `--` after its first argument is still its own.
+        let Command::Run(args) = parse(argv(&["forkmon", "--", "trce", "--", "x"]))
+            .unwrap()
+            .command
+        else {
+            panic!("run");
+        };
+        assert_eq!(args.program.argv, ["trce", "--", "x"]);
     }
 
     #[test]
@@ -237,6 +473,65 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--ignore-delay"), "{err}");
+    }
+
+    #[test]
+    fn delays_take_milliseconds_or_units_up_to_an_hour() {
+        let ms = |n| Ok(Delay(Duration::from_millis(n)));
+        assert_eq!(parse_delay("50"), ms(50));
+        assert_eq!(parse_delay("0"), ms(0));
+        assert_eq!(parse_delay("50ms"), ms(50));
+        assert_eq!(parse_delay("1s"), ms(1000));
+        assert_eq!(parse_delay("1.5s"), ms(1500));
+        assert_eq!(parse_delay("1min"), ms(60_000));
+        assert_eq!(parse_delay("1h"), ms(3_600_000));
+        for absurd in [
+            "99999999999999",
+            "99999999999999999999999",
+            "1h 1s",
+            "3days",
+        ] {
+            assert_eq!(
+                parse_delay(absurd),
+                Err(
+                    "longer than an hour; give milliseconds (200) or a duration with its unit \
+                     (50ms, 1.5s)"
+                        .into()
+                ),
+                "{absurd}"
+            );
+        }
+        for bad in ["", "-5", "soon", "5 parsecs", "1.5"] {
+            assert!(parse_delay(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            parse_delay("5 parsecs")
+                .unwrap_err()
+                .starts_with("unknown unit 'parsecs'")
+        );
+    }
+
+    #[test]
+    fn help_shows_the_default_delays() {
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 50ms]"), "{help}");
+        assert!(help.contains("[default: 200ms]"), "{help}");
+        let run = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        };
+        let defaults = run(&["forkmon", "run", "--", "x"]);
+        assert_eq!(
+            (defaults.restart_delay, defaults.ignore_delay),
+            (
+                Delay::from_millis(crate::watcher::DEFAULT_RESTART_MS),
+                Delay::from_millis(crate::watcher::DEFAULT_IGNORE_MS)
+            )
+        );
     }
 
     #[test]
@@ -263,6 +558,56 @@ mod tests {
         for value in ["1", "", "0", "yes", "false"] {
             assert_eq!(set_means_on(value), Ok(true), "{value:?}");
         }
+    }
+
+    #[test]
+    fn one_line_errors_keep_their_pointer_on_the_next_line() {
+        let value = "error: invalid value 'x' for '--n <N>': bad\n\n\
+                     For more information, try '--help'.\n";
+        assert_eq!(
+            one_line_errors_read_as_one(value),
+            "error: invalid value 'x' for '--n <N>': bad\nFor more information, try '--help'.\n"
+        );
+        let err = Cli::try_parse_from(["forkmon", "run", "--filer", "x", "--", "y"]).unwrap_err();
+        let whole = err.render().to_string();
+        assert_eq!(one_line_errors_read_as_one(&whole), whole);
+        assert!(whole.contains("tip: a similar argument exists: '--filter'"));
+    }
+
+    #[test]
+    fn lua_patterns_know_whether_they_came_from_the_flag() {
+        let run = |args: &[&str]| match parse(argv(args)).unwrap().command {
+            Command::Run(run) => run,
+            other => panic!("{other:?}"),
+        };
+        // (The test environment does not set FORKMON_FILTER.)
+        let flag = run(&["forkmon", "--lua-filter", "%", "--", "x"]);
+        assert_eq!(flag.lua_patterns().unwrap().origin, "--lua-filter");
+        assert!(run(&["forkmon", "--", "x"]).lua_patterns().is_none());
+    }
+
+    #[test]
+    fn completions_and_man_pages_come_from_the_definition() {
+        use clap::ValueEnum as _;
+        for shell in clap_complete::Shell::value_variants() {
+            let script = String::from_utf8(completions(*shell)).unwrap();
+            for word in ["trace", "restart-delay", "lua-filter"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+        let top = String::from_utf8(man(None).unwrap()).unwrap();
+        assert!(top.contains(".TH forkmon 1"), "{top}");
+        assert!(
+            top.contains("forkmon\\-run(1)") && !top.contains("forkmon\\-help"),
+            "{top}"
+        );
+        for name in ["run", "trace", "completions", "man"] {
+            let page = String::from_utf8(man(Some(name)).unwrap()).unwrap();
+            assert!(page.contains(&format!(".TH forkmon-{name} 1")), "{page}");
+        }
+        let run = String::from_utf8(man(Some("run")).unwrap()).unwrap();
+        assert!(run.contains("FORKMON_RESTART_DELAY"), "env twins are named");
+        assert!(run.contains("[default: 50ms]"), "{run}");
     }
 
     #[test]

@@ -42,10 +42,37 @@ use forkmon_common::{
 pub enum FilterError {
     #[error("invalid --filter glob '{glob}': {reason}; use e.g. '*.lua'")]
     Glob { glob: String, reason: String },
-    #[error(
-        "invalid FORKMON_FILTER pattern '{pattern}': {reason}; see Lua patterns, e.g. '%.lua$'"
-    )]
-    LuaPattern { pattern: String, reason: String },
+    #[error("invalid {origin} pattern '{pattern}': {reason}; see Lua patterns, e.g. '%.lua$'")]
+    LuaPattern {
+        origin: &'static str,
+        pattern: String,
+        reason: String,
+    },
+}
+
+/// Lua patterns, `;`-separated, and where the user gave them: errors name
+/// that place (`--lua-filter` or `FORKMON_FILTER`), so the user knows what
+/// to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LuaPatterns<'a> {
+    pub patterns: &'a str,
+    pub origin: &'static str,
+}
+
+impl<'a> LuaPatterns<'a> {
+    pub fn flag(patterns: &'a str) -> LuaPatterns<'a> {
+        LuaPatterns {
+            patterns,
+            origin: "--lua-filter",
+        }
+    }
+
+    pub fn environment(patterns: &'a str) -> LuaPatterns<'a> {
+        LuaPatterns {
+            patterns,
+            origin: "FORKMON_FILTER",
+        }
+    }
 }
 
 /// `base.join(passed)` with `.` components and doubled slashes removed; `..`
@@ -109,11 +136,12 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// `globs` are `--filter` values (`!` excludes), `lua_patterns` is
-    /// `FORKMON_FILTER`, `base` the absolute directory forkmon started in.
+    /// `globs` are `--filter` values (`!` excludes), `lua_patterns`
+    /// `--lua-filter` or `FORKMON_FILTER`, `base` the absolute directory
+    /// forkmon started in.
     pub fn new(
         globs: &[String],
-        lua_patterns: Option<&str>,
+        lua_patterns: Option<LuaPatterns<'_>>,
         base: &Path,
     ) -> Result<Filter, FilterError> {
         let mut includes = Vec::new();
@@ -124,14 +152,16 @@ impl Filter {
                 None => includes.push(PathGlob::new(glob, glob)?),
             }
         }
+        let origin = lua_patterns.map_or("", |lua| lua.origin);
         let lua = lua_patterns
             .into_iter()
-            .flat_map(|patterns| patterns.split(';'))
+            .flat_map(|lua| lua.patterns.split(';'))
             .filter(|pattern| !pattern.is_empty())
             .map(|pattern| {
                 lua::parse(pattern.as_bytes())
                     .map(|_| pattern.to_owned())
                     .map_err(|reason| FilterError::LuaPattern {
+                        origin,
                         pattern: pattern.to_owned(),
                         reason,
                     })
@@ -208,7 +238,7 @@ fn lua_matches(pattern: &str, subject: &[u8]) -> bool {
     match lua::find(pattern.as_bytes(), subject) {
         Ok(found) => found.is_some(),
         Err(lua::TooComplex) => {
-            log::warn!("FORKMON_FILTER pattern '{pattern}' is too complex; treating as no match");
+            log::warn!("Lua pattern '{pattern}' is too complex; treating as no match");
             false
         }
     }
@@ -874,12 +904,12 @@ mod tests {
 
     fn filter(globs: &[&str], lua: Option<&str>) -> Filter {
         let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
-        Filter::new(&globs, lua, Path::new("/home/u/p")).unwrap()
+        Filter::new(&globs, lua.map(LuaPatterns::flag), Path::new("/home/u/p")).unwrap()
     }
 
     fn error(globs: &[&str], lua: Option<&str>) -> String {
         let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
-        Filter::new(&globs, lua, Path::new("/home/u/p"))
+        Filter::new(&globs, lua.map(LuaPatterns::flag), Path::new("/home/u/p"))
             .unwrap_err()
             .to_string()
     }
@@ -999,8 +1029,16 @@ mod tests {
         );
         assert_eq!(
             error(&[], Some("%.lua$;%")),
-            "invalid FORKMON_FILTER pattern '%': malformed pattern (ends with '%'); \
+            "invalid --lua-filter pattern '%': malformed pattern (ends with '%'); \
              see Lua patterns, e.g. '%.lua$'"
+        );
+        let base = Path::new("/");
+        let from_env = Filter::new(&[], Some(LuaPatterns::environment("%")), base).unwrap_err();
+        assert!(
+            from_env
+                .to_string()
+                .starts_with("invalid FORKMON_FILTER pattern '%'"),
+            "{from_env}"
         );
         let lua_error = |pattern| error(&[], Some(pattern));
         assert!(lua_error("[a").contains("'[a': malformed pattern (missing ']')"));
@@ -1424,7 +1462,12 @@ mod tests {
 
         fn judge(case: &Case) -> (bool, Prefilter) {
             let base = Path::new(&case.base);
-            let filter = Filter::new(&case.globs, case.lua.as_deref(), base).unwrap();
+            let filter = Filter::new(
+                &case.globs,
+                case.lua.as_deref().map(LuaPatterns::flag),
+                base,
+            )
+            .unwrap();
             let abs = absolute_lexical(base, Path::new(&case.passed));
             (filter.matches(&abs), filter.prefilter())
         }
@@ -1470,6 +1513,7 @@ mod tests {
         fn common_filters_give_a_real_prefilter() {
             let base = Path::new("/home/u/p");
             for (globs, lua) in [(vec!["*.lua".to_owned()], None), (vec![], Some("%.lua$"))] {
+                let lua = lua.map(LuaPatterns::environment);
                 let prefilter = Filter::new(&globs, lua, base).unwrap().prefilter();
                 assert_eq!(prefilter, only(&[".lua"], &[]));
             }

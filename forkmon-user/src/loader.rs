@@ -29,7 +29,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("forkmon needs root to load its eBPF program: run it with sudo")]
+    #[error("needs root to load its eBPF program: run it with sudo")]
     NotRoot,
     #[error(
         "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); \
@@ -37,15 +37,15 @@ pub enum LoadError {
     )]
     Tracefs(nix::Error),
     #[error(
-        "cannot read the kernel's BTF ({0}); forkmon needs a kernel built with \
-         CONFIG_DEBUG_INFO_BTF (/sys/kernel/btf/vmlinux)"
+        "cannot read the kernel's BTF ({0}); a kernel built with CONFIG_DEBUG_INFO_BTF \
+         is needed (/sys/kernel/btf/vmlinux)"
     )]
     Btf(Box<aya::BtfError>),
     #[error("cannot read the layout of tracepoint {event} ({source}); is this kernel ≥ 5.8?")]
     Format { event: String, source: io::Error },
     #[error("tracepoint {event} has no field `{field}` on this kernel")]
     MissingField { event: String, field: String },
-    #[error("the kernel refused forkmon's eBPF program: {0}")]
+    #[error("the kernel refused the eBPF program: {0}")]
     Load(Box<aya::EbpfError>),
     #[error("cannot attach to tracepoint {category}/{name}: {source}")]
     Attach {
@@ -53,7 +53,7 @@ pub enum LoadError {
         name: String,
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("forkmon's eBPF object lacks map {0} (build mismatch)")]
+    #[error("the embedded eBPF object lacks map {0}: a build mismatch, rebuild")]
     MissingMap(&'static str),
     #[error("map {0}: {1}")]
     Map(&'static str, Box<aya::maps::MapError>),
@@ -324,5 +324,28 @@ format:
         assert_eq!(parse_field_offset(FORK_6_18, "comm"), Some(24));
         assert_eq!(parse_field_offset(FORK_6_18, "pid"), None);
         assert_eq!(parse_field_offset(FORK_6_18, "common_pid"), Some(4));
+    }
+}
+
+#[cfg(test)]
+mod messages {
+    use super::LoadError;
+
+    /// main prints every error as "forkmon: …": the message itself must not
+    /// say forkmon again.
+    #[test]
+    fn errors_leave_the_name_to_main() {
+        for err in [
+            LoadError::NotRoot,
+            LoadError::Tracefs(nix::Error::EPERM),
+            LoadError::MissingMap("EVENTS"),
+        ] {
+            let text = err.to_string();
+            assert!(!text.to_lowercase().contains("forkmon"), "{text}");
+        }
+        assert_eq!(
+            LoadError::NotRoot.to_string(),
+            "needs root to load its eBPF program: run it with sudo"
+        );
     }
 }

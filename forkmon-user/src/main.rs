@@ -2,8 +2,6 @@
 //! there (see docs/mechanism.md).
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 mod cgroup;
 mod channel;
 mod cli;
@@ -24,7 +22,29 @@ mod trace;
 mod watchdog;
 mod watcher;
 
-use cli::{Cli, Command};
+use cli::Command;
+
+/// clap's whole message: the usage line and its "a similar argument exists"
+/// tips are what tell a user how to fix the command line. `--help` and
+/// `--version` go to stdout with status 0, errors to stderr with 2.
+fn usage_error(e: clap::Error) -> ! {
+    if !e.use_stderr() {
+        e.exit();
+    }
+    let text = e.render().ansi().to_string();
+    // Stripped of its styles unless stderr is a terminal that wants them.
+    anstream::eprint!("{}", cli::one_line_errors_read_as_one(&text));
+    std::process::exit(2);
+}
+
+/// Standard output for a script or page; a reader that stops early (`|
+/// head`) is no error.
+fn print(text: &[u8]) -> anyhow::Result<u8> {
+    match std::io::Write::write_all(&mut std::io::stdout(), text) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -37,18 +57,9 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    let cli = match Cli::try_parse_from(cli::with_default_subcommand(args)) {
+    let cli = match cli::parse(args) {
         Ok(cli) => cli,
-        Err(e) if e.use_stderr() => {
-            // One line naming the problem; clap's full text adds a usage
-            // block users of a bad flag value do not need.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("forkmon: {}", first.trim_start_matches("error: "));
-            eprintln!("Try 'forkmon --help' for more information.");
-            return ExitCode::from(2);
-        }
-        Err(e) => e.exit(),
+        Err(e) => usage_error(e),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -65,6 +76,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::trace(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Completions { shell } => print(&cli::completions(shell)),
+            Command::Man { subcommand } => print(&cli::man(subcommand.as_deref())?),
         }
     });
     match result {

@@ -2,8 +2,7 @@
 //! ([`crate::supervisor`]), drives it from the kernel's records, the stubs'
 //! messages, the watcher and signals, and leaves nothing behind.
 use std::{
-    fs,
-    io::{self, IsTerminal as _},
+    fs, io,
     os::{
         fd::{AsRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
@@ -15,7 +14,11 @@ use anyhow::Context as _;
 use forkmon_common::{OpenRecord, PrefilterConfig, Record, record_kind, stub};
 use log::debug;
 use nix::{
-    sys::wait::{WaitPidFlag, WaitStatus, waitpid},
+    sys::{
+        prctl,
+        signal::{SigHandler, Signal, signal},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
     unistd::Pid,
 };
 
@@ -38,11 +41,8 @@ static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.s
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let filter = Filter::new(&args.globs, args.lua_filter.as_deref(), &cwd)?;
-    let report = Reporter::new(
-        args.quiet,
-        !args.no_color && !crate::cli::no_color_env() && io::stderr().is_terminal(),
-    );
+    let filter = Filter::new(&args.globs, args.lua_patterns(), &cwd)?;
+    let report = Reporter::new(args.quiet, crate::output::stderr_color(args.no_color));
     let mut probes = Probes::load()?;
     // The supervisor acts only on the opens it must answer; the path of each
     // is resolved live from /proc while the process waits.
@@ -52,12 +52,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     })?;
     let user = TargetUser::from_sudo_env()?;
     if let Some(user) = &user {
-        crate::credentials::set_program_user(user).context("cannot read forkmon's own groups")?;
+        crate::credentials::set_program_user(user)
+            .context("cannot read its own supplementary groups")?;
     }
     let session = Session::create().context("cannot set up the cgroup for the program")?;
     let watcher = Watcher::new(Delays {
-        restart: Duration::from_millis(args.restart_delay),
-        ignore: Duration::from_millis(args.ignore_delay),
+        restart: args.restart_delay.0,
+        ignore: args.ignore_delay.0,
     })?;
     let mut events = Events::new(probes.take_events()).context("cannot poll the ring buffer")?;
     let (registrations, target_end) =
@@ -72,9 +73,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     );
 
     let mut signals = Signals::new()?;
-    // Orphans of killed subtrees are reparented to us, not to init.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    // Orphans of killed subtrees are reparented to us, not to init (which
+    // reaps them too, should this fail on some kernel).
+    if let Err(e) = prctl::set_child_subreaper(true) {
+        debug!("cannot become a subreaper: {e}");
+    }
 
     let mut env = vec![
         (
@@ -181,12 +184,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         // What the watchdog kills from now on is not ours to reap: without
         // this, each of thousands of exits would interrupt forkmon with a
         // SIGCHLD, for seconds.
-        // SAFETY: prctl and signal with integer arguments; SIG_IGN runs no
-        // code of ours.
-        unsafe {
-            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0);
-            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
-        }
+        let _ = prctl::set_child_subreaper(false);
+        // SAFETY: SIG_IGN runs no code of ours.
+        let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigIgn) };
     }
     drop(session);
     Ok(status)

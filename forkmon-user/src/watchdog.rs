@@ -40,12 +40,15 @@ use std::{
 use nix::{
     errno::Errno,
     fcntl::OFlag,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::{
         signal::{self, SigHandler, Signal},
         stat::{SFlag, fstat},
     },
     unistd::pipe2,
 };
+
+use rustix::process::{PidfdFlags, pidfd_open};
 
 use crate::cgroup;
 
@@ -171,8 +174,8 @@ pub(crate) fn run(pipe: BorrowedFd<'_>, session_dir: &Path, ino: u64) -> i32 {
     // we are done with it (forkmon holds it too, while it lives).
     let _held = cgroup::hold_session(session_dir, ino);
     // forkmon, to see it gone for good below.
-    // SAFETY: pidfd_open with a pid and no flags.
-    let forkmon = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getppid(), 0) } as i32;
+    let forkmon =
+        rustix::process::getppid().and_then(|parent| pidfd_open(parent, PidfdFlags::empty()).ok());
     let mut buf = [0u8; 64];
     loop {
         match nix::unistd::read(pipe, &mut buf) {
@@ -183,18 +186,16 @@ pub(crate) fn run(pipe: BorrowedFd<'_>, session_dir: &Path, ino: u64) -> i32 {
             Err(_) => break,
         }
     }
-    if forkmon >= 0 && session_dir.exists() {
+    if let Some(forkmon) = forkmon
+        && session_dir.exists()
+    {
         // Left to us (forkmon cleaned up otherwise). The pipe closes while
         // forkmon is still exiting. Thousands of
         // killed checkpoints, exiting, would take the CPUs from it for
         // seconds: kill once it is gone (and its shell has the prompt).
-        let mut gone = libc::pollfd {
-            fd: forkmon,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one pollfd we own.
-        unsafe { libc::poll(&mut gone, 1, FORKMON_EXIT_WAIT.as_millis() as i32) };
+        let mut gone = [PollFd::new(forkmon.as_fd(), PollFlags::POLLIN)];
+        let wait = PollTimeout::try_from(FORKMON_EXIT_WAIT).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut gone, wait);
     }
     match cgroup::clean_up_session(session_dir, Some(ino)) {
         Ok(()) => 0,

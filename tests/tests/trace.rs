@@ -231,7 +231,7 @@ fn without_root_says_so_in_one_line() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr,
-        "forkmon: forkmon needs root to load its eBPF program: run it with sudo\n"
+        "forkmon: needs root to load its eBPF program: run it with sudo\n"
     );
     assert!(out.stdout.is_empty());
 }

@@ -81,7 +81,7 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("forkmon needs cgroup v2 (mount -t cgroup2 none /sys/fs/cgroup/unified)")]
+    #[error("needs cgroup v2: mount it with `sudo mount -t cgroup2 none /sys/fs/cgroup/unified`")]
     NoCgroup2,
     /// `path` is the cgroup directory or file acted on (elided below the
     /// first level of a deep session: see `Session::describe`); `pid`, the

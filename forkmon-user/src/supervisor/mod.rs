@@ -27,7 +27,7 @@ use log::{debug, warn};
 use crate::{
     channel::{self, Kernel, Registration},
     filter::Filter,
-    output::Reporter,
+    output::{Reporter, escape_path},
     priority::Policy,
     procfs::Thread,
     watcher::{EVALUATION_LEAD, Identity, WatchError, WatchEvent},
@@ -373,7 +373,7 @@ impl<S: System> Supervisor<S> {
         // resumed from them.
         self.report.warn(&format!(
             "the checkpoint at '{}' was killed from outside; it can no longer be resumed",
-            self.chain[index].file.display()
+            escape_path(&self.chain[index].file)
         ));
         self.checkpoints_died = true;
         self.cut_chain(index);
@@ -487,7 +487,7 @@ impl<S: System> Supervisor<S> {
             // The program runs on; only this file's changes go unnoticed.
             Err(e) => self.report.warn(&format!(
                 "{e}; changes to '{}' will go unnoticed",
-                path.display()
+                escape_path(&path)
             )),
         }
         Ok(())
@@ -706,13 +706,13 @@ impl<S: System> Supervisor<S> {
             } else {
                 self.report.warn(&format!(
                     "cannot checkpoint at '{}': {error}",
-                    file.display()
+                    escape_path(&file)
                 ));
             }
         } else {
             self.report.warn(&format!(
                 "cannot prepare a resume from '{}': {error}",
-                self.chain[index].file.display()
+                escape_path(&self.chain[index].file)
             ));
             self.chain[index].next = Next::Nothing;
         }

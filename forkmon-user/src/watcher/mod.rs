@@ -63,12 +63,15 @@ pub enum WatchError {
     #[error(
         "cannot watch {}: the inotify watch limit was reached; \
          raise it with `sudo sysctl fs.inotify.max_user_watches=524288`",
-        dir.display()
+        crate::output::escape_path(dir)
     )]
     WatchLimit { dir: PathBuf },
-    #[error("cannot watch directory {}: {source}", dir.display())]
+    #[error("cannot watch directory {}: {source}", crate::output::escape_path(dir))]
     AddWatch { dir: PathBuf, source: io::Error },
-    #[error("cannot watch {}: it has no parent directory", path.display())]
+    #[error(
+        "cannot watch {}: it has no parent directory",
+        crate::output::escape_path(path)
+    )]
     NoParent { path: PathBuf },
     #[error("cannot read inotify events: {source}")]
     Read { source: io::Error },
