@@ -5,8 +5,16 @@
 const MAX_CAPTURES: usize = 32;
 /// Lua's MAXCCALLS: how deep matching may recurse.
 const MAX_DEPTH: usize = 200;
+/// How much work one [`find`] may do, in pattern or subject bytes looked
+/// at. Lua bounds only the depth, so a pattern as short as `.-.-x` takes
+/// time cubic in the subject (minutes on a long path), and forkmon matches
+/// while the program waits for its verdict: past this, it gives up as Lua
+/// does at its depth limit. About 0.2 s; a realistic pattern needs
+/// thousands, and the costliest ordinary case, `.*%.lua$` failing on a path
+/// of PATH_MAX bytes, half of it.
+const MAX_STEPS: usize = 1 << 26;
 
-/// Lua's "pattern too complex".
+/// Lua's "pattern too complex", or more work than [`MAX_STEPS`].
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct TooComplex;
 
@@ -158,6 +166,7 @@ pub(super) fn find(pattern: &[u8], subject: &[u8]) -> Result<Option<(usize, usiz
         subject,
         pattern,
         depth: MAX_DEPTH,
+        steps: MAX_STEPS,
         level: 0,
         captures: [(0, Capture::Unfinished); MAX_CAPTURES],
     };
@@ -187,12 +196,19 @@ struct State<'a> {
     subject: &'a [u8],
     pattern: &'a [u8],
     depth: usize,
+    /// What is left of [`MAX_STEPS`].
+    steps: usize,
     level: usize,
     /// Start and length of each capture.
     captures: [(usize, Capture); MAX_CAPTURES],
 }
 
 impl State<'_> {
+    fn charge(&mut self, steps: usize) -> Result<(), TooComplex> {
+        self.steps = self.steps.checked_sub(steps).ok_or(TooComplex)?;
+        Ok(())
+    }
+
     fn do_match(&mut self, s: usize, p: usize) -> Step {
         self.depth = self.depth.checked_sub(1).ok_or(TooComplex)?;
         let result = self.match_from(s, p);
@@ -204,6 +220,7 @@ impl State<'_> {
     fn match_from(&mut self, mut s: usize, mut p: usize) -> Step {
         let pat = self.pattern;
         loop {
+            self.charge(1)?;
             if p == pat.len() {
                 return Ok(Some(s));
             }
@@ -214,7 +231,7 @@ impl State<'_> {
                 (b'$', _) if p + 1 == pat.len() => {
                     return Ok((s == self.subject.len()).then_some(s));
                 }
-                (b'%', b'b') => match self.match_balance(s, p + 2) {
+                (b'%', b'b') => match self.match_balance(s, p + 2)? {
                     Some(end) => (s, p) = (end, p + 4),
                     None => return Ok(None),
                 },
@@ -223,6 +240,7 @@ impl State<'_> {
                     let Ok(end) = class_end(pat, set) else {
                         return Ok(None);
                     };
+                    self.charge(end - set)?;
                     let previous = if s == 0 { 0 } else { self.subject[s - 1] };
                     let current = byte(self.subject, s);
                     if bracket_class(previous, pat, set, end - 1)
@@ -232,7 +250,7 @@ impl State<'_> {
                     }
                     p = end;
                 }
-                (b'%', digit @ b'0'..=b'9') => match self.match_capture(s, digit) {
+                (b'%', digit @ b'0'..=b'9') => match self.match_capture(s, digit)? {
                     Some(end) => (s, p) = (end, p + 2),
                     None => return Ok(None),
                 },
@@ -240,6 +258,8 @@ impl State<'_> {
                     let Ok(end) = class_end(pat, p) else {
                         return Ok(None);
                     };
+                    // Finding the end and matching a byte both read the item.
+                    self.charge(end - p)?;
                     let quantifier = byte(pat, end);
                     if !self.single_match(s, p, end) {
                         if !matches!(quantifier, b'*' | b'?' | b'-') {
@@ -282,6 +302,7 @@ impl State<'_> {
         while self.single_match(s + count, p, end) {
             count += 1;
         }
+        self.charge(count.saturating_mul(end - p))?;
         for i in (0..=count).rev() {
             if let Some(found) = self.do_match(s + i, end + 1)? {
                 return Ok(Some(found));
@@ -295,6 +316,7 @@ impl State<'_> {
             if let Some(found) = self.do_match(s, end + 1)? {
                 return Ok(Some(found));
             }
+            self.charge(end - p)?;
             if !self.single_match(s, p, end) {
                 return Ok(None);
             }
@@ -331,36 +353,46 @@ impl State<'_> {
         Ok(found)
     }
 
-    fn match_balance(&self, s: usize, p: usize) -> Option<usize> {
-        let (open, close) = (*self.pattern.get(p)?, *self.pattern.get(p + 1)?);
+    fn match_balance(&mut self, s: usize, p: usize) -> Step {
+        let (Some(&open), Some(&close)) = (self.pattern.get(p), self.pattern.get(p + 1)) else {
+            return Ok(None);
+        };
         if self.subject.get(s) != Some(&open) {
-            return None;
+            return Ok(None);
         }
         let mut depth = 1;
+        let mut end = None;
         for (i, &c) in self.subject.iter().enumerate().skip(s + 1) {
             if c == close {
                 depth -= 1;
                 if depth == 0 {
-                    return Some(i + 1);
+                    end = Some(i + 1);
+                    break;
                 }
             } else if c == open {
                 depth += 1;
             }
         }
-        None
+        self.charge(end.unwrap_or(self.subject.len()) - s)?;
+        Ok(end)
     }
 
     /// `%1`..`%9`: the same bytes as that capture again.
-    fn match_capture(&self, s: usize, digit: u8) -> Option<usize> {
-        let index = usize::from(digit.checked_sub(b'1')?);
+    fn match_capture(&mut self, s: usize, digit: u8) -> Step {
+        let Some(index) = digit.checked_sub(b'1').map(usize::from) else {
+            return Ok(None);
+        };
         if index >= self.level {
-            return None;
+            return Ok(None);
         }
         let (start, Capture::Len(len)) = self.captures[index] else {
-            return None; // a position capture never matches
+            return Ok(None); // a position capture never matches
         };
-        let again = self.subject.get(s..s + len)?;
-        (again == &self.subject[start..start + len]).then_some(s + len)
+        self.charge(len)?;
+        let Some(again) = self.subject.get(s..s + len) else {
+            return Ok(None);
+        };
+        Ok((again == &self.subject[start..start + len]).then_some(s + len))
     }
 }
 
@@ -458,6 +490,66 @@ mod tests {
         assert_eq!(
             super::find(deep.as_bytes(), subject.as_bytes()),
             Err(TooComplex)
+        );
+    }
+
+    /// A path as long as the kernel takes, of `a/` components.
+    fn longest_path() -> String {
+        format!("/{}", "a/".repeat(forkmon_common::PATH_MAX / 2 - 1))
+    }
+
+    #[test]
+    fn matching_work_is_bounded() {
+        // Cubic in the subject: minutes without the bound.
+        let path = longest_path();
+        for pattern in [
+            ".-.-.-x",
+            ".-%b/a.-x",
+            &format!("[{}]*x", "b".repeat(60_000)),
+        ] {
+            parse(pattern.as_bytes()).unwrap();
+            let started = std::time::Instant::now();
+            assert_eq!(
+                super::find(pattern.as_bytes(), path.as_bytes()),
+                Err(TooComplex),
+                "{}",
+                &pattern[..10]
+            );
+            // Generous: a debug build, on a busy machine.
+            assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+        }
+        // The costliest ordinary pattern stays within the bound.
+        assert_eq!(super::find(b".*%.lua$", path.as_bytes()), Ok(None));
+        let lua_path = format!("{}.lua", &path[..path.len() - 4]);
+        assert_eq!(
+            super::find(b".*%.lua$", lua_path.as_bytes()),
+            Ok(Some((0, lua_path.len())))
+        );
+    }
+
+    #[test]
+    fn huge_and_deep_patterns_are_checked_not_crashed() {
+        let huge = "a".repeat(128 * 1024);
+        assert_eq!(
+            parse(huge.as_bytes()).map(|items| items.len()),
+            Ok(huge.len())
+        );
+        assert_eq!(
+            super::find(huge.as_bytes(), huge.as_bytes()),
+            Ok(Some((0, huge.len())))
+        );
+        assert_eq!(super::find(huge.as_bytes(), b"aaa"), Ok(None));
+        let deep = format!("{}a{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert_eq!(parse(deep.as_bytes()), Err("too many captures".into()));
+        let nested = format!("{}a{}", "(".repeat(32), ")".repeat(32));
+        parse(nested.as_bytes()).unwrap();
+        assert_eq!(super::find(nested.as_bytes(), b"xa"), Ok(Some((1, 2))));
+        let unclosed = "[".repeat(100_000);
+        assert!(parse(unclosed.as_bytes()).is_err());
+        let classes = "%a".repeat(50_000);
+        assert_eq!(
+            super::find(classes.as_bytes(), huge.as_bytes()),
+            Ok(Some((0, 50_000)))
         );
     }
 

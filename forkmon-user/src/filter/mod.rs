@@ -39,15 +39,47 @@ use forkmon_common::{
 
 mod lua;
 
-/// A filter the user wrote that cannot be used.
+/// A filter the user wrote that cannot be used. Messages are one short
+/// line whatever the input: see [`shown`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
-    #[error("invalid --filter glob '{glob}': {reason}; use e.g. '*.lua'")]
+    #[error("invalid --filter glob '{}': {}; use e.g. '*.lua'", shown(.glob), shown(.reason))]
     Glob { glob: String, reason: String },
     #[error(
-        "invalid FORKMON_FILTER pattern '{pattern}': {reason}; see Lua patterns, e.g. '%.lua$'"
+        "invalid --lua-filter/FORKMON_FILTER pattern '{}': {}; see Lua patterns, e.g. '%.lua$'",
+        shown(.pattern),
+        shown(.reason)
     )]
     LuaPattern { pattern: String, reason: String },
+}
+
+/// Longest text of the user's shown whole in a message.
+const SHOWN_MAX: usize = 60;
+
+/// `text` for a one-line message: control characters escaped (a newline in
+/// a glob would otherwise split the line), and the middle of a long text
+/// elided — a 100 KB glob helps no one on a terminal.
+fn shown(text: &str) -> String {
+    let escaped = |part: &str| -> String {
+        part.chars()
+            .map(|c| match c {
+                c if c.is_control() => c.escape_default().to_string(),
+                c => c.to_string(),
+            })
+            .collect()
+    };
+    let count = text.chars().count();
+    if count <= SHOWN_MAX {
+        return escaped(text);
+    }
+    let head: String = text.chars().take(SHOWN_MAX * 2 / 3).collect();
+    let tail: String = text.chars().skip(count - SHOWN_MAX / 3).collect();
+    format!(
+        "{}…{} ({} bytes)",
+        escaped(&head),
+        escaped(&tail),
+        text.len()
+    )
 }
 
 /// `base.join(passed)` with `.` components and doubled slashes removed; `..`
@@ -210,10 +242,53 @@ fn lua_matches(pattern: &str, subject: &[u8]) -> bool {
     match lua::find(pattern.as_bytes(), subject) {
         Ok(found) => found.is_some(),
         Err(lua::TooComplex) => {
-            log::warn!("FORKMON_FILTER pattern '{pattern}' is too complex; treating as no match");
+            log::warn!(
+                "--lua-filter/FORKMON_FILTER pattern '{}' is too complex; treating as no match",
+                shown(pattern)
+            );
             false
         }
     }
+}
+
+/// How deep `{…}` alternatives may nest. globset turns each level into up
+/// to three levels of regex syntax, which its regex parser refuses past
+/// 250 — and globset then panics (`compile_matcher`), from about 80 braces
+/// deep; building the glob also recurses once per level, which overflows
+/// the stack (an abort, past any `catch_unwind`) well within the length of
+/// one argument. No real glob comes near this.
+const MAX_BRACE_DEPTH: usize = 32;
+
+/// How deep `{…}` nest in `glob`, read the way globset reads it: `\`
+/// escapes the next character, and in a class (`[…]`, where a `]` first
+/// or after `[!` / `[^` is a member) braces are plain characters. A class
+/// left open is globset's error to report; nothing after it can nest.
+fn brace_depth(glob: &str) -> usize {
+    let mut chars = glob.chars();
+    let (mut depth, mut deepest) = (0usize, 0);
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '[' => {
+                let mut first = chars.next();
+                if matches!(first, Some('!' | '^')) {
+                    first = chars.next();
+                }
+                if first.is_none() || !chars.any(|c| c == ']') {
+                    break;
+                }
+            }
+            '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// What part of the path a glob is matched against.
@@ -255,6 +330,12 @@ impl PathGlob {
         }
         if pattern.is_empty() {
             return Err(error("empty pattern".to_owned()));
+        }
+        let depth = brace_depth(pattern);
+        if depth > MAX_BRACE_DEPTH {
+            return Err(error(format!(
+                "braces nested {depth} deep, more than {MAX_BRACE_DEPTH}"
+            )));
         }
         let matcher = GlobBuilder::new(pattern)
             .literal_separator(true)
@@ -578,7 +659,7 @@ mod tests {
         );
         assert_eq!(
             error(&[], Some("%.lua$;%")),
-            "invalid FORKMON_FILTER pattern '%': malformed pattern (ends with '%'); \
+            "invalid --lua-filter/FORKMON_FILTER pattern '%': malformed pattern (ends with '%'); \
              see Lua patterns, e.g. '%.lua$'"
         );
         let lua_error = |pattern| error(&[], Some(pattern));
@@ -591,6 +672,74 @@ mod tests {
         assert!(lua_error("%ba").contains("missing arguments to '%b'"));
         assert!(lua_error("%fa").contains("missing '[' after '%f'"));
         assert!(lua_error(&"()".repeat(33)).contains("too many captures"));
+    }
+
+    fn nested(depth: usize, level: &str, leaf: &str) -> String {
+        format!("{}{leaf}{}", level.repeat(depth), "}".repeat(depth))
+    }
+
+    #[test]
+    fn deeply_nested_globs_get_an_error_not_a_panic() {
+        // globset panics from 82 braces deep, and overflows the stack from
+        // some thousands (60 000 fit in one argument).
+        for depth in [33, 82, 250, 60_000] {
+            let glob = nested(depth, "{", "a");
+            let message = error(&[&glob], None);
+            assert!(
+                message.contains(&format!("braces nested {depth} deep, more than 32")),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            error(&[&nested(250, "{", "a")], None),
+            "invalid --filter glob '{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{…}}}}}}}}}}}}}}}}}}}} \
+             (501 bytes)': braces nested 250 deep, more than 32; use e.g. '*.lua'"
+        );
+        let excluded = format!("!{}", nested(40, "{x,", "a"));
+        assert!(error(&["*.lua", &excluded], None).contains("nested 40 deep"));
+        // As deep as allowed, in the shape that costs globset's regex most.
+        let deepest = format!("{}**{}", "{x,**/a".repeat(32), "}".repeat(32));
+        let f = filter(&[&deepest], None);
+        assert!(accepts(&f, "/home/u/p/x"));
+        assert!(!accepts(&f, "/home/u/p/y"));
+        // Braces escaped or in a class do not nest.
+        for flat in [
+            "\\{".repeat(100),
+            "[{]".repeat(100),
+            "[]{]".repeat(100),
+            "[!{]".repeat(100),
+        ] {
+            filter(&[&flat], None);
+        }
+        let f = filter(&[&format!("{}a\\}}", "\\{".repeat(100))], None);
+        assert!(accepts(&f, &format!("/x/{}a}}", "{".repeat(100))));
+    }
+
+    #[test]
+    fn bad_input_gets_one_short_line() {
+        let huge = format!("{}[", "a".repeat(128 * 1024));
+        for message in [
+            error(&["[\n"], None),
+            error(&["[z-\n]"], None),
+            error(&[&huge], None),
+            error(&[], Some(&format!("{huge}%"))),
+            error(&[], Some("\n%")),
+        ] {
+            assert_eq!(message.lines().count(), 1, "{message}");
+            assert!(message.len() < 200, "{message}");
+        }
+        assert!(error(&["[\n"], None).starts_with("invalid --filter glob '[\\n'"));
+    }
+
+    #[test]
+    fn bad_lua_patterns_never_crash_or_hang() {
+        let f = filter(&[], Some(&"a".repeat(128 * 1024)));
+        assert!(!accepts(&f, "/a"));
+        let message = error(&[], Some(&nested(250, "(", "a").replace('}', ")")));
+        assert!(message.contains("too many captures"), "{message}");
+        // Past Lua's own bound of work: no match, and soon.
+        let path = format!("/{}", "a/".repeat(PATH_MAX / 2 - 1));
+        assert!(!accepts(&filter(&[], Some(".-.-.-x")), &path));
     }
 
     #[test]
