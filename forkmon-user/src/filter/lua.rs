@@ -411,6 +411,8 @@ fn class(c: u8, class: u8) -> bool {
         b'u' => c.is_ascii_uppercase(),
         b'w' => c.is_ascii_alphanumeric(),
         b'x' => c.is_ascii_hexdigit(),
+        // Deprecated, but Lua 5.4 still has it.
+        b'z' => c == 0,
         _ => return class == c,
     };
     matches != class.is_ascii_uppercase()
@@ -480,7 +482,12 @@ mod tests {
         assert_eq!(find("a.-b", "aXbYb"), Some((0, 3)));
         assert_eq!(find("^a?b", "b"), Some((0, 1)));
         assert_eq!(find("()a", "ba"), Some((1, 2)));
-        assert_eq!(find("%z", "z"), Some((0, 1)));
+        assert_eq!(find("%z", "z"), None);
+        assert_eq!(find("%z", "a\0b"), Some((1, 2)));
+        assert_eq!(find("%Z+", "\0ab"), Some((1, 3)));
+        assert_eq!(find("[%z]", "a\0"), Some((1, 2)));
+        // Not a class: the letter itself, in its own case.
+        assert_eq!(find("%F", "fF"), Some((1, 2)));
     }
 
     #[test]
