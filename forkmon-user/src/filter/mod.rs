@@ -37,7 +37,9 @@ use forkmon_common::{
     PrefilterConfig,
 };
 
-mod lua;
+// Public for the fuzz targets (fuzz/), which compile this module from its
+// source; within forkmon, `filter` itself is private.
+pub mod lua;
 
 /// A filter the user wrote that cannot be used. Messages are one short
 /// line whatever the input: see [`shown`].
