@@ -84,9 +84,13 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status),
         Err(err) => {
             eprintln!("forkmon: {err:#}");
+            // A bad filter is bad command-line input: clap's status for it.
+            let usage = err.downcast_ref::<filter::FilterError>().map(|_| 2);
             let code = err
                 .downcast_ref::<launcher::LaunchError>()
-                .map_or(1, launcher::LaunchError::exit_code);
+                .map(launcher::LaunchError::exit_code)
+                .or(usage)
+                .unwrap_or(1);
             ExitCode::from(code)
         }
     }

@@ -92,15 +92,16 @@ fn messages_say_forkmon_once_and_name_what_the_user_wrote() {
         "forkmon: needs root to load its eBPF program: run it with sudo\n"
     );
 
+    // A bad filter is a usage error, as clap's own are.
     let flag = forkmon(&["--lua-filter", "%.lua$;%", "--", "true"]);
-    assert_eq!(flag.status.code(), Some(1));
+    assert_eq!(flag.status.code(), Some(2));
     assert_eq!(
         stderr(&flag),
         "forkmon: invalid --lua-filter pattern '%': malformed pattern (ends with '%'); \
          see Lua patterns, e.g. '%.lua$'\n"
     );
     let env = forkmon_as_nobody(&["--", "true"], &[("FORKMON_FILTER", "%")]);
-    assert_eq!(env.status.code(), Some(1));
+    assert_eq!(env.status.code(), Some(2));
     assert!(
         stderr(&env).starts_with("forkmon: invalid FORKMON_FILTER pattern '%'"),
         "{}",
