@@ -62,7 +62,10 @@ def main():
     parser.add_argument("--forkmon", default=os.path.join(ROOT, "target/release/forkmon"))
     args = parser.parse_args()
     command, edited, version, line = EXAMPLES[args.example]
-    command = [args.python] + command
+    # Run from a scratch directory: a path given relative to here is made
+    # absolute (a bare name is looked up in PATH).
+    python = os.path.abspath(args.python) if os.sep in args.python else args.python
+    command = [python] + command
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")}
     with tempfile.TemporaryDirectory() as scratch:
