@@ -352,3 +352,109 @@ fn a_thousand_edits_leave_forkmon_as_it_was() {
         );
     }
 }
+
+/// Python, as users run it, on `program`.
+fn python(d: &std::path::Path, options: &[&str], program: &str) -> Forkmon {
+    Forkmon::start_with(d, options, &["python3", "-c", program], |cmd| {
+        cmd.env_remove("PYTHONDONTWRITEBYTECODE")
+            .env_remove("PYTHONUNBUFFERED");
+    })
+}
+
+#[test]
+fn a_file_the_kernel_makes_up_is_no_checkpoint() {
+    if !bpf_available("a_file_the_kernel_makes_up_is_no_checkpoint") {
+        return;
+    }
+    let dir = scratch();
+    // /proc/self names the program's own entry for it, forkmon's for
+    // forkmon: a checkpoint there resumed at once, for nothing.
+    let program = "print(open('/proc/self/status').read().split()[0])\nprint('done')\n";
+    let mut forkmon = python(dir.path(), &["--filter", "/proc/**"], program);
+    let status = forkmon.wait();
+    assert!(status.success(), "{}", forkmon.stderr());
+    assert_eq!(forkmon.stdout(), "Name:\ndone\n");
+    assert!(
+        !forkmon.stderr().contains("watch '"),
+        "{}",
+        forkmon.stderr()
+    );
+}
+
+#[test]
+fn a_crash_before_any_checkpoint_ends_the_run_with_its_status() {
+    if !bpf_available("a_crash_before_any_checkpoint_ends_the_run_with_its_status") {
+        return;
+    }
+    let dir = scratch();
+    let program = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n";
+    let mut forkmon = python(dir.path(), &[], program);
+    let status = forkmon.wait();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGSEGV),
+        "{}",
+        forkmon.stderr()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(forkmon.tree(), Vec::<i32>::new(), "nothing left");
+}
+
+#[test]
+fn a_program_that_execs_after_its_checkpoint_is_resumed_and_its_exec_killed() {
+    if !bpf_available("a_program_that_execs_after_its_checkpoint_is_resumed_and_its_exec_killed") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("data.txt"), "one\n").unwrap();
+    let program = "import os\n\
+                   print('content=' + open('data.txt').read().strip(), flush=True)\n\
+                   os.execvp('sh', ['sh', '-c', 'echo exec; exec sleep 1000'])\n";
+    let mut forkmon = python(d, &[], program);
+    forkmon.wait_stdout("exec", 1);
+    fs::write(d.join("data.txt"), "two\n").unwrap();
+    forkmon.wait_stdout("content=two", 1);
+    forkmon.wait_stdout("exec", 2);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        tree_processes_named(&forkmon, "sleep").len(),
+        1,
+        "the first run's exec'd program died at the resume"
+    );
+    forkmon.signal(libc::SIGINT);
+    forkmon.wait();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(forkmon.tree(), Vec::<i32>::new(), "nothing left");
+}
+
+#[test]
+fn a_program_that_starts_a_thread_after_its_checkpoint_is_still_resumed() {
+    if !bpf_available("a_program_that_starts_a_thread_after_its_checkpoint_is_still_resumed") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("data.txt"), "one\n").unwrap();
+    fs::write(d.join("later.txt"), "later\n").unwrap();
+    // A busy thread, then another matching file: not a checkpoint, said
+    // once; the first one still resumes.
+    let program = "import threading\n\
+                   print('content=' + open('data.txt').read().strip(), flush=True)\n\
+                   stop = threading.Event()\n\
+                   t = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])\n\
+                   t.start()\n\
+                   print(open('later.txt').read().strip(), flush=True)\n\
+                   stop.set(); t.join()\n\
+                   print('done', flush=True)\n";
+    let forkmon = python(d, &[], program);
+    forkmon.wait_stdout("done", 1);
+    fs::write(d.join("data.txt"), "two\n").unwrap();
+    forkmon.wait_stdout("content=two", 1);
+    forkmon.wait_stdout("done", 2);
+    let err = forkmon.stderr();
+    assert!(
+        !err.contains(&format!("watch '{}'", d.join("later.txt").display())),
+        "{err}"
+    );
+}

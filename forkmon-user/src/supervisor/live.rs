@@ -175,10 +175,25 @@ impl System for LiveSystem {
     }
 
     fn opened_file(&self, pid: i32, fd: i64) -> Option<Identity> {
-        fs::metadata(format!("/proc/{pid}/fd/{fd}"))
-            .ok()
-            .filter(fs::Metadata::is_file)
-            .map(|meta| Identity::from_metadata(&meta))
+        let opened = format!("/proc/{pid}/fd/{fd}");
+        let meta = fs::metadata(&opened).ok().filter(fs::Metadata::is_file)?;
+        // Files the kernel makes up as they are read (/proc, /sys, cgroups)
+        // are regular files to stat, but nobody edits them, inotify says
+        // nothing of them, and `/proc/self/…` names another file for
+        // forkmon than for the program.
+        let generated = nix::sys::statfs::statfs(opened.as_str()).is_ok_and(|fs| {
+            use nix::sys::statfs::{
+                CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC,
+            };
+            [
+                PROC_SUPER_MAGIC,
+                SYSFS_MAGIC,
+                CGROUP2_SUPER_MAGIC,
+                CGROUP_SUPER_MAGIC,
+            ]
+            .contains(&fs.filesystem_type())
+        });
+        (!generated).then(|| Identity::from_metadata(&meta))
     }
 
     fn file(&self, path: &Path) -> Option<Identity> {
