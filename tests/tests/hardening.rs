@@ -458,3 +458,34 @@ fn a_program_that_starts_a_thread_after_its_checkpoint_is_still_resumed() {
         "{err}"
     );
 }
+
+#[test]
+fn a_flood_of_opens_is_traced_whole_or_its_losses_said() {
+    if !bpf_available("a_flood_of_opens_is_traced_whole_or_its_losses_said") {
+        return;
+    }
+    let dir = scratch();
+    let out = dir.path().join("opens.txt");
+    let program = "for i in range(300000):\n    open('/dev/null').close()\nprint('done')\n";
+    let result = std::process::Command::new(support::forkmon_bin())
+        .current_dir(dir.path())
+        .args(["trace", "--output"])
+        .arg(&out)
+        .args(["--", "python3", "-c", program])
+        .env_remove("PYTHONDONTWRITEBYTECODE")
+        .env_remove("PYTHONUNBUFFERED")
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{result:?}");
+    assert_eq!(String::from_utf8_lossy(&result.stdout), "done\n");
+    let traced = fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter(|line| line.ends_with("/dev/null"))
+        .count();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        traced >= 300_000 || stderr.contains("lost"),
+        "{traced} opens traced, and no loss said: {stderr}"
+    );
+}
