@@ -25,15 +25,7 @@ const HELPER_ENV: &str = "FORKMON_TEST_HELPER";
 /// This test binary, started as one of the [`helper_process`]es.
 fn helper(role: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "cgroup::session::tests::helper_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, role);
+    command.env(HELPER_ENV, role);
     command
 }
 
@@ -47,15 +39,18 @@ fn no_watchdog(_: &Path, _: u64) -> Option<Command> {
     None
 }
 
-/// Not a test: the entry point of the processes the tests start from this
-/// binary, the role in [`HELPER_ENV`] — a session's watchdog, or a stand-in
-/// for forkmon holding a session. Ignored, so that no test run counts it
-/// as passed; [`helper`] starts it by name.
-#[test]
-#[ignore = "entry point of helper processes, started by other tests"]
-fn helper_process() {
-    let role = std::env::var(HELPER_ENV)
-        .unwrap_or_else(|_| panic!("not a test: other tests start it with {HELPER_ENV} set"));
+/// The entry point of the processes the tests start from this binary, in
+/// the role [`HELPER_ENV`] names — a session's watchdog, or a stand-in for
+/// forkmon holding a session. It runs before the test harness's `main`
+/// (a constructor), so it is no test: none is counted, none is ignored.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static HELPER_PROCESS: extern "C" fn() = helper_process;
+
+extern "C" fn helper_process() {
+    let Ok(role) = std::env::var(HELPER_ENV) else {
+        return; // the test binary itself
+    };
     if let Some(args) = role.strip_prefix("watchdog ") {
         let (ino, dir) = args.split_once(' ').unwrap();
         let stdin = io::stdin();
