@@ -211,6 +211,25 @@ unsafe fn never_blocking(
     }
 }
 
+/// Calls libc's `name` (`slot` caches it) with `set` never blocking
+/// [`SIGNAL`].
+unsafe fn masking(
+    slot: &AtomicUsize,
+    name: &CStr,
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    // SAFETY: the pointer is libc's function of that name, whose signature
+    // this is; the caller's pointers are passed on.
+    unsafe {
+        let mut copy: libc::sigset_t = zeroed();
+        let set = never_blocking(how, set, &mut copy);
+        let f: MaskFn = core::mem::transmute(real(slot, name));
+        f(how, set, old)
+    }
+}
+
 /// `sigprocmask(2)` as the program sees it.
 ///
 /// # Safety
@@ -221,13 +240,8 @@ pub unsafe extern "C" fn sigprocmask(
     set: *const libc::sigset_t,
     old: *mut libc::sigset_t,
 ) -> c_int {
-    // SAFETY: libc's own, with the caller's pointers.
-    unsafe {
-        let mut copy: libc::sigset_t = zeroed();
-        let set = never_blocking(how, set, &mut copy);
-        let f: MaskFn = core::mem::transmute(real(&REAL_SIGPROCMASK, c"sigprocmask"));
-        f(how, set, old)
-    }
+    // SAFETY: the caller's contract is libc's.
+    unsafe { masking(&REAL_SIGPROCMASK, c"sigprocmask", how, set, old) }
 }
 
 /// `pthread_sigmask(3)` as the program sees it.
@@ -240,11 +254,6 @@ pub unsafe extern "C" fn pthread_sigmask(
     set: *const libc::sigset_t,
     old: *mut libc::sigset_t,
 ) -> c_int {
-    // SAFETY: libc's own, with the caller's pointers.
-    unsafe {
-        let mut copy: libc::sigset_t = zeroed();
-        let set = never_blocking(how, set, &mut copy);
-        let f: MaskFn = core::mem::transmute(real(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask"));
-        f(how, set, old)
-    }
+    // SAFETY: the caller's contract is libc's.
+    unsafe { masking(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask", how, set, old) }
 }

@@ -6,7 +6,7 @@ mod support;
 use std::{
     ffi::CString,
     fs, io,
-    os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     thread,
     time::Duration,
@@ -73,8 +73,7 @@ fn nothing_remains_after_ctrl_c_sigterm_sighup_or_sigkill() {
         (libc::SIGHUP, false),
         (libc::SIGKILL, false),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = support::scratch();
         fs::write(dir.path().join("data.txt"), "one\n").unwrap();
         // A subprocess that would outlive the run, escaping to its own
         // session: it must be stopped too.
@@ -269,8 +268,7 @@ fn the_next_run_removes_the_cgroup_of_a_run_killed_with_its_watchdog() {
         return;
     }
     let cgroup = TestCgroup::create("stale");
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = support::scratch();
     fs::write(dir.path().join("data.txt"), "one\n").unwrap();
     // A subprocess in its own session: forkmon's death does not reach it
     // (no parent-death signal), only killing the cgroup does.

@@ -3,10 +3,12 @@
 //! one too), and `NO_COLOR` as no-color.org says (set and not empty).
 mod support;
 
+use support::scratch;
+
 use std::{
     fs,
     io::Read as _,
-    os::{fd::FromRawFd as _, unix::fs::PermissionsExt as _},
+    os::fd::FromRawFd as _,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -14,13 +16,6 @@ use std::{
 };
 
 use support::{KillOnDrop, bpf_available, fixture, forkmon_bin, live::Forkmon};
-
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    // The program may run as another user (SUDO_UID); let it in.
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 /// `forkmon run -- watched` with `env` set, through one save of data.txt.
 fn run_through_one_resume(program: &str, env: (&str, &str)) -> Forkmon {

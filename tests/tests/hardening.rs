@@ -3,15 +3,11 @@
 //! its end with its own exit status.
 mod support;
 
-use std::{fs, os::unix::fs::PermissionsExt as _};
+use support::scratch;
+
+use std::fs;
 
 use support::{bpf_available, fixture, live::Forkmon};
-
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 #[test]
 fn a_program_that_closes_all_its_fds_runs_to_its_end() {
@@ -356,8 +352,7 @@ fn a_thousand_edits_leave_forkmon_as_it_was() {
 /// Python, as users run it, on `program`.
 fn python(d: &std::path::Path, options: &[&str], program: &str) -> Forkmon {
     Forkmon::start_with(d, options, &["python3", "-c", program], |cmd| {
-        cmd.env_remove("PYTHONDONTWRITEBYTECODE")
-            .env_remove("PYTHONUNBUFFERED");
+        support::as_users_run_it(cmd);
     })
 }
 

@@ -9,34 +9,15 @@
 //! this machine exports (PYTHONDONTWRITEBYTECODE, PYTHONUNBUFFERED).
 mod support;
 
+use support::{as_users_run_it, save, scratch};
+
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
 use support::{bpf_available, live::Forkmon, workspace_dir};
-
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
-/// Python's ordinary settings, whatever this machine exports.
-fn as_users_run_it(cmd: &mut Command) -> &mut Command {
-    cmd.env_remove("PYTHONDONTWRITEBYTECODE")
-        .env_remove("PYTHONUNBUFFERED")
-        .env_remove("PYTHONPYCACHEPREFIX")
-}
-
-/// Saves `content` the way most editors do: a new file renamed over.
-fn save(path: &Path, content: &str) {
-    let tmp = path.with_extension("swp");
-    fs::write(&tmp, content).unwrap();
-    fs::rename(&tmp, path).unwrap();
-}
 
 /// The interpreter of `cargo xtask setup`'s virtual environment, if it has
 /// numpy. In CI (`FORKMON_REQUIRE_BPF=1`) it must: this panics instead of

@@ -3,6 +3,8 @@
 //! the program's environment), caches made by an earlier run.
 mod support;
 
+use support::{as_users_run_it, save, scratch};
+
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
@@ -11,26 +13,6 @@ use std::{
 };
 
 use support::{bpf_available, live::Forkmon};
-
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
-/// Python's ordinary settings, whatever this machine exports.
-fn as_users_run_it(cmd: &mut Command) -> &mut Command {
-    cmd.env_remove("PYTHONDONTWRITEBYTECODE")
-        .env_remove("PYTHONUNBUFFERED")
-        .env_remove("PYTHONPYCACHEPREFIX")
-}
-
-/// Saves `content` the way most editors do: a new file renamed over.
-fn save(path: &Path, content: &str) {
-    let tmp = path.with_extension("swp");
-    fs::write(&tmp, content).unwrap();
-    fs::rename(&tmp, path).unwrap();
-}
 
 const MAIN: &str = "import json, email.parser, decimal\n\
                     print('start-up', flush=True)\n\

@@ -2,6 +2,8 @@
 //! files the tests edit while they run.
 mod support;
 
+use support::scratch;
+
 use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, thread, time::Duration};
 
 use support::{
@@ -9,13 +11,6 @@ use support::{
     live::{Forkmon, zombies_of},
     rust_fixture,
 };
-
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    // The program may run as another user (SUDO_UID); let it in.
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 fn write(dir: &Path, name: &str, content: &str) {
     fs::write(dir.join(name), content).unwrap();

@@ -3,6 +3,8 @@
 //! reaches a process outside the program's tree.
 mod support;
 
+use support::scratch;
+
 use std::{
     fs,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
@@ -12,13 +14,6 @@ use std::{
 };
 
 use support::{KillOnDrop, bpf_available, fixture, live::Forkmon};
-
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    // The program runs as nobody; let it in.
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
 
 #[test]
 fn forged_registrations_cannot_reach_a_process_outside_the_tree() {

@@ -162,3 +162,28 @@ pub fn printed(stdout: &str, key: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("fixture printed no {key}=; stdout: {stdout}"))
 }
+
+/// A scratch directory the program can enter when it runs as another
+/// user (SUDO_UID, nobody).
+pub fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Saves `content` the way most editors do: a new file renamed over.
+pub fn save(path: &Path, content: &str) {
+    let tmp = path.with_extension("swp");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// Python's ordinary settings for `cmd`, whatever this machine exports
+/// (the development machines set PYTHONDONTWRITEBYTECODE and
+/// PYTHONUNBUFFERED, which hide bytecode caches and buffering).
+pub fn as_users_run_it(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("PYTHONDONTWRITEBYTECODE")
+        .env_remove("PYTHONUNBUFFERED")
+        .env_remove("PYTHONPYCACHEPREFIX")
+}
