@@ -124,6 +124,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         no_standby: args.no_standby,
         program_uid,
         max_checkpoints: args.max_checkpoints as usize,
+        pycache_prefix: std::env::var_os("PYTHONPYCACHEPREFIX")
+            .filter(|prefix| !prefix.is_empty())
+            .map(std::path::PathBuf::from),
     };
     let system = LiveSystem::new(probes, session, watcher, stub_socket);
     let mut supervisor = Supervisor::new(system, options, target.pid.as_raw(), root);

@@ -7,7 +7,7 @@ use std::{
         fd::{AsRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -37,8 +37,6 @@ pub struct LiveSystem {
     /// The stub socket's fd number in the program's processes, and its
     /// inode.
     stub_socket: (i32, u64),
-    /// `PYTHONPYCACHEPREFIX`, which the program inherits from forkmon.
-    pycache_prefix: Option<PathBuf>,
 }
 
 impl LiveSystem {
@@ -54,9 +52,6 @@ impl LiveSystem {
             watcher,
             eventfds: HashMap::new(),
             stub_socket,
-            pycache_prefix: std::env::var_os("PYTHONPYCACHEPREFIX")
-                .filter(|prefix| !prefix.is_empty())
-                .map(PathBuf::from),
         }
     }
 }
@@ -202,10 +197,6 @@ impl System for LiveSystem {
             .ok()
             .filter(fs::Metadata::is_file)
             .map(|meta| Identity::from_metadata(&meta))
-    }
-
-    fn source_of_cache(&self, path: &Path) -> Option<PathBuf> {
-        crate::python::source_of_cache(path, self.pycache_prefix.as_deref())
     }
 
     fn threads(&self, pid: i32) -> usize {

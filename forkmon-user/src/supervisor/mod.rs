@@ -100,8 +100,6 @@ pub trait System: Kernel {
     /// What `path` is, looked at as the program's user; `None` if it is no
     /// regular file it can reach.
     fn file(&self, path: &Path) -> Option<Identity>;
-    /// The source a cache file (Python's bytecode) stands for, by name.
-    fn source_of_cache(&self, path: &Path) -> Option<PathBuf>;
     /// How many threads `pid` has (one stat, on the checkpoint's path).
     fn threads(&self, pid: i32) -> usize;
     /// Each of them, when there is more than one.
@@ -298,6 +296,7 @@ pub struct Supervisor<S: System> {
     no_standby: bool,
     max_checkpoints: usize,
     warned_max: bool,
+    pycache_prefix: Option<PathBuf>,
     /// Candidate opens of processes not registered yet, answered when they
     /// are.
     unregistered: HashMap<i32, Candidate>,
@@ -312,6 +311,9 @@ pub struct Options {
     pub program_uid: u32,
     /// `--max-checkpoints`.
     pub max_checkpoints: usize,
+    /// `PYTHONPYCACHEPREFIX`, which the program inherits from forkmon:
+    /// where bytecode caches may mirror their sources (see `python`).
+    pub pycache_prefix: Option<PathBuf>,
 }
 
 impl<S: System> Supervisor<S> {
@@ -331,6 +333,7 @@ impl<S: System> Supervisor<S> {
             checkpoints_died: false,
             no_standby: options.no_standby,
             max_checkpoints: options.max_checkpoints,
+            pycache_prefix: options.pycache_prefix,
             warned_max: false,
             unregistered: HashMap::new(),
             registered: HashSet::new(),
@@ -434,7 +437,7 @@ impl<S: System> Supervisor<S> {
         // source is what is matched, watched and named.
         let source = path
             .as_deref()
-            .and_then(|p| self.system.source_of_cache(p))
+            .and_then(|p| crate::python::source_of_cache(p, self.pycache_prefix.as_deref()))
             .and_then(|source| Some((self.system.file(&source)?, source)));
         let cache = opened.is_some() && source.is_some();
         if let (true, Some((identity, source))) = (cache, source) {

@@ -206,10 +206,6 @@ impl System for FakeSystem {
         })
     }
 
-    fn source_of_cache(&self, path: &Path) -> Option<PathBuf> {
-        crate::python::source_of_cache(path, None)
-    }
-
     fn threads(&self, pid: i32) -> usize {
         self.threads.get(&pid).map_or(1, Vec::len)
     }
@@ -256,6 +252,7 @@ fn supervisor() -> Supervisor<FakeSystem> {
         no_standby: false,
         program_uid: USER,
         max_checkpoints: 3,
+        pycache_prefix: None,
     };
     let mut s = Supervisor::new(FakeSystem::new(), options, TARGET, 0);
     s.message(
