@@ -133,21 +133,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let status = loop {
         tokio::select! {
-            // In this order when several are ready: a stub's message is
-            // sent before what its process does next (a failed checkpoint
-            // reports, then runs on and exits), so it is read before the
-            // kernel's records and SIGCHLD that may follow it.
-            biased;
             ready = registrations.readable() => {
                 ready.context("reading the stub socket")?;
-                for registration in registrations.drain()? {
-                    supervisor.on_registration(registration)?;
-                }
+                on_registrations(&mut supervisor, &registrations)?;
             }
             ready = events.readable() => {
                 ready.context("reading the ring buffer")?;
                 let mut records = Vec::new();
                 events.drain(|record| records.push(owned(record)));
+                // What a process said before it exited is read before its
+                // exit: a failed checkpoint reports, then runs on as the
+                // program and may end at once.
+                on_registrations(&mut supervisor, &registrations)?;
                 for record in records {
                     on_record(&mut supervisor, &mut target, record)?;
                 }
@@ -156,6 +153,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 supervisor.on_watch_event(event?)?;
             }
             _ = signals.child.recv() => {
+                // As above: its last words first.
+                on_registrations(&mut supervisor, &registrations)?;
                 if let Some(ended) = reap(&mut supervisor)? {
                     break match ended {
                         Ended::Exited(code) | Ended::CheckpointsDied(code) => code,
@@ -193,6 +192,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     drop(session);
     Ok(status)
+}
+
+/// Every stub message now waiting.
+fn on_registrations(
+    supervisor: &mut Supervisor<LiveSystem>,
+    registrations: &Registrations,
+) -> anyhow::Result<()> {
+    for registration in registrations.drain()? {
+        supervisor.on_registration(registration)?;
+    }
+    Ok(())
 }
 
 /// One record from the kernel: the process tree's changes feed the path

@@ -361,19 +361,10 @@ impl<S: System> Supervisor<S> {
         let Some(index) = self.chain.iter().position(|c| c.pid == pid) else {
             return;
         };
-        if self.program == (Program::Starting { at: index }) && self.chain[index].below.is_none() {
-            // It never had a child: its fork failed, and it ran on as the
-            // program (its MSG_FAILED comes on the socket, which may be
-            // read after this record) — and now ended, as programs do.
-            let Checkpoint { file, group, .. } = self.chain.remove(index);
-            self.system.unwatch(&file);
-            self.cut_chain(index);
-            self.program = Program::Running { pid, group };
-            return;
-        }
         // A checkpoint died: killed from outside, for it never exits by
-        // itself. It and every later one are gone, and nothing can be
-        // resumed from them.
+        // itself. (One whose fork failed ran on as the program: its report
+        // is read before its exit, see run.rs.) It and every later one are
+        // gone, and nothing can be resumed from them.
         self.report.warn(&format!(
             "the checkpoint at '{}' was killed from outside; it can no longer be resumed",
             escape_path(&self.chain[index].file)

@@ -934,24 +934,3 @@ fn a_bytecode_cache_is_a_checkpoint_at_its_source() {
         stub::checkpoint_command(open_syscall::OPENAT, false)
     );
 }
-
-#[test]
-fn a_checkpoint_that_gave_up_and_exited_is_no_checkpoint_killed() {
-    let mut s = supervisor();
-    s.opens(TARGET, "a.txt");
-    // Its fork failed and it ran on to its end; the exit record is read
-    // before the failure message.
-    s.on_exit(TARGET);
-    assert!(!s.checkpoints_died);
-    assert!(s.chain.is_empty());
-    s.message(
-        TARGET,
-        StubMessage::Failed {
-            pid: TARGET,
-            fd: 3,
-            errno: libc::EBUSY,
-            gave_up: true,
-        },
-    );
-    assert_eq!(s.on_target_exit(0), Some(Ended::Exited(0)));
-}
