@@ -29,9 +29,10 @@ pub struct PrefilterConfig {
     pub accept_all: u32,
     pub suffix_count: u32,
     pub prefix_count: u32,
-    /// Non-zero: report only the opens that were signalled (`forkmon run`
-    /// answers those and needs no others); zero: report every open.
-    pub signalled_only: u32,
+    /// Non-zero: report only the successful read-only opens that may match
+    /// the filter (`forkmon run` watches those, and answers the signalled
+    /// ones); zero: report every open (`forkmon trace`).
+    pub reads_only: u32,
     pub suffix_len: [u32; PREFILTER_MAX_SUFFIXES],
     pub suffixes: [[u8; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
     pub prefix_len: [u32; PREFILTER_MAX_PREFIXES],
@@ -44,7 +45,7 @@ impl PrefilterConfig {
         accept_all: 0,
         suffix_count: 0,
         prefix_count: 0,
-        signalled_only: 0,
+        reads_only: 0,
         suffix_len: [0; PREFILTER_MAX_SUFFIXES],
         suffixes: [[0; PREFILTER_SUFFIX_LEN]; PREFILTER_MAX_SUFFIXES],
         prefix_len: [0; PREFILTER_MAX_PREFIXES],

@@ -23,7 +23,7 @@ pub static ARMED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACKED, 0);
 pub static PREFILTER: Array<PrefilterConfig> = Array::with_max_entries(1, 0);
 
 /// Where an open's path is read for the prefilter, before any record is
-/// reserved (most opens need none under `signalled_only`): one per CPU.
+/// reserved (most opens need none under `reads_only`): one per CPU.
 #[map]
 pub static SCRATCH_PATH: PerCpuArray<[u8; PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
 
@@ -55,12 +55,12 @@ pub fn is_armed(tgid: u32) -> bool {
     unsafe { ARMED.get(tgid) }.is_some()
 }
 
-/// Whether user space reads only the opens it is asked to answer
+/// Whether user space reads only the read-only opens that may match
 /// (`forkmon run`), or every open (`forkmon trace`).
-pub fn signalled_only() -> bool {
+pub fn reads_only() -> bool {
     PREFILTER
         .get(0)
-        .is_some_and(|config| config.signalled_only != 0)
+        .is_some_and(|config| config.reads_only != 0)
 }
 
 pub fn count(stat: u32) {

@@ -24,8 +24,7 @@ use forkmon_common::{
 
 use crate::{
     maps::{
-        ARMED, EVENTS, PREFILTER, SCRATCH_PATH, WAKE_UP, count, is_armed, is_tracked,
-        signalled_only,
+        ARMED, EVENTS, PREFILTER, SCRATCH_PATH, WAKE_UP, count, is_armed, is_tracked, reads_only,
     },
     process,
 };
@@ -125,12 +124,12 @@ struct OpenHow {
 
 fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
     let tgid = (pid_tgid >> 32) as u32;
-    // Only an open that may become a checkpoint is signalled; the cheap
-    // tests come first.
-    let candidate = ret >= 0 && is_checkpointable(call.flags) && is_armed(tgid);
-    let report_all = !signalled_only();
-    if !candidate && !report_all {
-        return; // `forkmon run` reads only signalled opens
+    // Only a read-only open may be watched, and become a checkpoint if its
+    // process is armed; the cheap tests come first.
+    let readable = ret >= 0 && is_checkpointable(call.flags);
+    let report_all = !reads_only();
+    if !readable && !report_all {
+        return; // `forkmon run` reads only the files read
     }
     // The path goes to a per-CPU scratch buffer first: the others then cost
     // no ring buffer record.
@@ -143,7 +142,7 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
         unsafe { (&mut *scratch, read_path(call.path, (*scratch).as_mut_ptr())) };
     // The prefilter, shared with user space's tests (forkmon-common): opens
     // that cannot match cost no signal and no round trip.
-    let may_match = candidate
+    let may_match = readable
         && state == 0
         && PREFILTER
             .get(0)
@@ -176,7 +175,7 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
         (*record).path_state = state;
         // Only a submitted record tells forkmon a stub is waiting, so the
         // signal is sent only once the record is certain to arrive.
-        may_match && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
+        may_match && is_armed(tgid) && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
     };
     if signalled {
         // SAFETY: as above.

@@ -9,7 +9,7 @@ use aya_log_ebpf::debug;
 use forkmon_common::{ProcessRecord, armed, record_kind, stat};
 
 use crate::maps::{
-    ARMED, EVENTS, NO_WAKE_UP, TRACKED, WAKE_UP, count, global, is_tracked, signalled_only,
+    ARMED, EVENTS, NO_WAKE_UP, TRACKED, WAKE_UP, count, global, is_tracked, reads_only,
 };
 
 // Field offsets, set by user space from tracefs format files before load.
@@ -100,7 +100,7 @@ pub fn emit(kind: u32, pid: u32, ppid: u32) {
     // `forkmon run` needs forks and cwd changes only to resolve the opens
     // that follow them in the ring, which wake it: waking it now would put
     // it on the CPU a checkpoint's fresh child is about to run on.
-    let lazy = (kind == record_kind::FORK || kind == record_kind::CHDIR) && signalled_only();
+    let lazy = (kind == record_kind::FORK || kind == record_kind::CHDIR) && reads_only();
     let flags = if lazy { NO_WAKE_UP } else { WAKE_UP };
     let record = ProcessRecord {
         kind,

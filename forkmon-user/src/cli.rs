@@ -212,6 +212,40 @@ pub struct RunArgs {
     #[arg(long, env = "FORKMON_NO_STANDBY", value_parser = set_means_on, default_value = OFF)]
     pub no_standby: bool,
 
+    /// Never checkpoint: restart the program from scratch whenever a file
+    /// it read changes (for a program that must not be resumed).
+    #[arg(long, env = "FORKMON_RESTART", value_parser = set_means_on, default_value = OFF)]
+    pub restart: bool,
+
+    /// The signal a restart stops the program with (its whole process
+    /// tree), before SIGKILL: a name (`TERM`, `SIGINT`) or a number. A
+    /// resume kills at once: the checkpoint holds all the program had.
+    #[arg(
+        long,
+        value_name = "SIGNAL",
+        env = "FORKMON_STOP_SIGNAL",
+        default_value = "SIGTERM",
+        value_parser = parse_signal
+    )]
+    pub stop_signal: nix::sys::signal::Signal,
+
+    /// How long a restart waits for the program to exit after the stop
+    /// signal before it sends SIGKILL: milliseconds or a duration with its
+    /// unit.
+    #[arg(
+        long,
+        value_name = "DELAY",
+        env = "FORKMON_STOP_TIMEOUT",
+        default_value_t = Delay::from_millis(2000),
+        value_parser = parse_delay,
+        allow_hyphen_values = true
+    )]
+    pub stop_timeout: Delay,
+
+    /// Clear the screen before each resume or restart.
+    #[arg(short, long, env = "FORKMON_CLEAR", value_parser = set_means_on, default_value = OFF)]
+    pub clear: bool,
+
     #[command(flatten)]
     pub program: ProgramArgs,
 }
@@ -256,6 +290,30 @@ fn parse_delay(text: &str) -> Result<Delay, String> {
         return Err(too_long());
     }
     Ok(Delay(duration))
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, `sigint`) or number (`15`).
+fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, String> {
+    use nix::sys::signal::Signal;
+    let signal = match text.parse::<i32>() {
+        Ok(number) => Signal::try_from(number).ok(),
+        Err(_) => {
+            let name = text.to_ascii_uppercase();
+            let name = if name.starts_with("SIG") {
+                name
+            } else {
+                format!("SIG{name}")
+            };
+            name.parse::<Signal>().ok()
+        }
+    };
+    match signal {
+        None => Err("not a signal; give a name (TERM, INT, HUP) or a number (15)".to_string()),
+        Some(Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU) => {
+            Err("that signal only pauses the program; give TERM, INT, HUP or KILL".to_string())
+        }
+        Some(signal) => Ok(signal),
+    }
 }
 
 /// How the C forkmon reads its switches (`FORKMON_QUIET`, …): set means

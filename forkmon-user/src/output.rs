@@ -5,6 +5,7 @@ use std::{
     io::{self, Write},
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use forkmon_common::{OpenRecord, comm_str, open_syscall, path_state};
@@ -152,6 +153,8 @@ pub fn stderr_color(no_color: bool) -> bool {
 pub struct Reporter {
     quiet: bool,
     color: bool,
+    /// `--clear`.
+    clear: bool,
     sink: RefCell<Box<dyn Write>>,
 }
 
@@ -165,8 +168,14 @@ impl Reporter {
         Reporter {
             quiet,
             color,
+            clear: false,
             sink: RefCell::new(sink),
         }
+    }
+
+    /// Clears the screen before each resume or restart (`--clear`).
+    pub fn clearing(self, clear: bool) -> Reporter {
+        Reporter { clear, ..self }
     }
 
     fn say(&self, text: &str) {
@@ -190,11 +199,50 @@ impl Reporter {
         self.say(&format!("watch '{}'", escape_path(file)));
     }
 
-    pub fn changed(&self, file: &std::path::Path) {
+    /// After a resume: what it cost, and what it saved.
+    pub fn resumed(&self, file: &std::path::Path, took: Duration, skipped: Duration) {
         self.say(&format!(
-            "file '{}' changed, resuming from it..",
+            "resumed from '{}' in {} (start-up skipped: {})",
+            escape_path(file),
+            human_duration(took),
+            human_duration(skipped)
+        ));
+    }
+
+    /// Before a restart from scratch: which file, and why no checkpoint
+    /// could serve it.
+    pub fn restarting(&self, file: &std::path::Path, why: &str) {
+        self.clear_screen();
+        self.say(&format!(
+            "file '{}' changed, restarting ({why})",
             escape_path(file)
         ));
+    }
+
+    /// `--clear`: the screen cleared before each resume or restart, on the
+    /// terminal forkmon writes to.
+    pub fn clear_screen(&self) {
+        if self.clear {
+            // Clear, scrollback too, and home the cursor: as `clear` does.
+            let _ = self.sink.borrow_mut().write_all(b"\x1b[H\x1b[2J\x1b[3J");
+        }
+    }
+
+    /// `file` changed: the program resumes from the checkpoint made at
+    /// `checkpoint` (the C forkmon's words when they are the same).
+    pub fn changed(&self, file: &std::path::Path, checkpoint: &std::path::Path) {
+        if file == checkpoint {
+            self.say(&format!(
+                "file '{}' changed, resuming from it..",
+                escape_path(file)
+            ));
+        } else {
+            self.say(&format!(
+                "file '{}' changed, resuming from '{}'..",
+                escape_path(file),
+                escape_path(checkpoint)
+            ));
+        }
     }
 
     /// The program (the running child) ended; forkmon waits for changes.
@@ -214,6 +262,21 @@ impl Reporter {
 
     pub fn warn(&self, text: &str) {
         self.say(text);
+    }
+}
+
+/// A duration as a person reads it in a status line: `0.3 ms`, `12 ms`,
+/// `1.21 s`.
+pub fn human_duration(duration: Duration) -> String {
+    let ms = duration.as_secs_f64() * 1e3;
+    if ms < 1.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.2} s", ms / 1e3)
     }
 }
 

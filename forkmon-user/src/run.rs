@@ -31,7 +31,7 @@ use crate::{
     launcher::{self, TargetUser},
     loader::Probes,
     output::Reporter,
-    supervisor::{Candidate, Ended, Options, Supervisor, live::LiveSystem},
+    supervisor::{Candidate, Ended, Options, ReadOpen, Reader, Supervisor, live::LiveSystem},
     target::{Signals, Target},
     watcher::{Delays, Watcher},
 };
@@ -42,12 +42,13 @@ static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.s
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let filter = Filter::new(&args.globs, args.lua_patterns(), &cwd)?;
-    let report = Reporter::new(args.quiet, crate::output::stderr_color(args.no_color));
+    let report =
+        Reporter::new(args.quiet, crate::output::stderr_color(args.no_color)).clearing(args.clear);
     let mut probes = Probes::load()?;
-    // The supervisor acts only on the opens it must answer; the path of each
-    // is resolved live from /proc while the process waits.
+    // The supervisor acts only on the files the tree reads that may match:
+    // it watches them, and answers the opens the kernel stopped.
     probes.set_prefilter(&PrefilterConfig {
-        signalled_only: 1,
+        reads_only: 1,
         ..filter.prefilter().config()
     })?;
     let user = TargetUser::from_sudo_env()?;
@@ -79,21 +80,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         debug!("cannot become a subreaper: {e}");
     }
 
-    let mut env = vec![
-        (
+    // With --restart, no checkpoint is ever made: the program runs as it
+    // would without forkmon, its opens observed by the kernel only.
+    let mut env = Vec::new();
+    if !args.restart {
+        env.push((
             "LD_PRELOAD".into(),
             format!("/proc/self/fd/{}", library.as_raw_fd()).into(),
-        ),
-        (
+        ));
+        env.push((
             stub::ENV_SOCKET.into(),
             target_end.as_raw_fd().to_string().into(),
-        ),
-    ];
+        ));
+    }
     // Output written before a checkpoint and still buffered would be
     // printed again by every resumed run: flushed at each checkpoint, and
     // Python's (which C stdio does not hold) not buffered at all, unless
     // the user chose otherwise.
-    if !args.no_flush {
+    if !args.no_flush && !args.restart {
         env.push((stub::ENV_FLUSH.into(), "1".into()));
         if std::env::var_os("PYTHONUNBUFFERED").is_none() {
             env.push(("PYTHONUNBUFFERED".into(), "1".into()));
@@ -110,9 +114,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             .add_process(root, pid.as_raw())
             .context("cannot move the program into its cgroup")
     })?;
-    // The tree holds its own copies now.
-    drop(target_end);
-    drop(library);
+    // `target_end` and `library` stay open: a restart hands them on again.
     launcher::reown_pages();
 
     let program_uid = user
@@ -127,6 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         pycache_prefix: std::env::var_os("PYTHONPYCACHEPREFIX")
             .filter(|prefix| !prefix.is_empty())
             .map(std::path::PathBuf::from),
+        restart_only: args.restart,
     };
     let system = LiveSystem::new(probes, session, watcher, stub_socket);
     let mut supervisor = Supervisor::new(system, options, target.pid.as_raw(), root);
@@ -151,6 +154,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
             event = supervisor.system.watcher.next_event() => {
                 supervisor.on_watch_event(event?)?;
+                if let Some(restart) = supervisor.take_restart() {
+                    supervisor.stop_for_restart(
+                        &restart,
+                        root,
+                        args.stop_signal,
+                        args.stop_timeout.0,
+                    )?;
+                    reap_now();
+                    // What the stopped run opened last names its processes.
+                    events.drain(|_| {});
+                    let system = &mut supervisor.system;
+                    let session = &system.session;
+                    target = Target::launch(&mut system.probes, &args.program.argv, &setup, |pid| {
+                        session
+                            .add_process(root, pid.as_raw())
+                            .context("cannot move the program into its cgroup")
+                    })?;
+                    supervisor.restarted(target.pid.as_raw(), root);
+                }
             }
             _ = signals.child.recv() => {
                 // As above: its last words first.
@@ -222,6 +244,10 @@ fn on_record(
         }
         Owned::Open(open) => {
             let path = target.resolve(&open);
+            let reader = Reader {
+                comm: crate::output::escape(forkmon_common::comm_str(&open.comm)).into_owned(),
+                ancestors: target.ancestors(open.tgid),
+            };
             if open.signalled != 0 {
                 supervisor.on_candidate(Candidate {
                     pid: open.tgid as i32,
@@ -229,7 +255,14 @@ fn on_record(
                     fd: open.ret,
                     syscall: open.syscall,
                     path,
+                    reader,
                 })?;
+            } else {
+                supervisor.on_read(ReadOpen {
+                    pid: open.tgid as i32,
+                    path,
+                    reader,
+                });
             }
         }
     }
@@ -255,6 +288,16 @@ fn reap(supervisor: &mut Supervisor<LiveSystem>) -> anyhow::Result<Option<Ended>
             return Ok(supervisor.on_target_exit(code));
         }
         // An orphaned subprocess (or the watchdog).
+    }
+}
+
+/// Reaps every zombie there is now, the stopped target's included: after a
+/// restart's stop, whose processes are all gone.
+fn reap_now() {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            return;
+        }
     }
 }
 

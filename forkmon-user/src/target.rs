@@ -1,7 +1,7 @@
 //! The program under observation, as `run` and `trace` both start it: paused
 //! until the eBPF program tracks it, so not one of its opens is missed,
 //! then released to exec as the invoking user.
-use std::ffi::OsString;
+use std::{collections::HashMap, ffi::OsString};
 
 use anyhow::Context as _;
 use forkmon_common::{OpenRecord, ProcessRecord, record_kind};
@@ -37,6 +37,10 @@ pub struct Target {
     /// `CLOCK_MONOTONIC` when it was released: the records' time zero.
     pub started_ns: u64,
     paths: PathResolver,
+    /// Each process's parent, as forked: kept after either exits, so that
+    /// an orphan (or a short-lived process whose record arrives late) still
+    /// tells where it came from.
+    parents: HashMap<u32, u32>,
 }
 
 impl Target {
@@ -64,6 +68,7 @@ impl Target {
             pid,
             started_ns,
             paths: PathResolver::new(pid.as_raw() as u32, cwd),
+            parents: HashMap::new(),
         })
     }
 
@@ -71,11 +76,29 @@ impl Target {
     /// path resolver needs to know.
     pub fn on_process(&mut self, record: &ProcessRecord) {
         match record.kind {
-            record_kind::FORK => self.paths.on_fork(record.pid, record.ppid),
+            record_kind::FORK => {
+                self.paths.on_fork(record.pid, record.ppid);
+                self.parents.insert(record.pid, record.ppid);
+            }
             record_kind::CHDIR => self.paths.on_chdir(record.pid),
             record_kind::EXIT => self.paths.on_exit(record.pid),
             _ => {}
         }
+    }
+
+    /// `pid`'s parent, grandparent, … within the tree, nearest first.
+    pub fn ancestors(&self, pid: u32) -> Vec<i32> {
+        let mut ancestors = Vec::new();
+        let mut pid = pid;
+        // Bounded: pids are reused, and a reused one may close a loop.
+        while let Some(&parent) = self.parents.get(&pid) {
+            if ancestors.len() >= 256 {
+                break;
+            }
+            ancestors.push(parent as i32);
+            pid = parent;
+        }
+        ancestors
     }
 
     /// The absolute path `open` opened, if it can be known.

@@ -552,25 +552,25 @@ fn threaded_process_is_not_checkpointed() {
 }
 
 #[test]
-fn subprocesses_are_not_checkpointed() {
-    if !bpf_available("subprocesses_are_not_checkpointed") {
+fn subprocesses_are_not_checkpointed_but_what_they_read_restarts_the_program() {
+    if !bpf_available("subprocesses_are_not_checkpointed_but_what_they_read_restarts_the_program") {
         return;
     }
     let dir = scratch();
     write(dir.path(), "data.txt", "one\n");
     let mut forkmon = Forkmon::start(dir.path(), &[], &["sh", "-c", "cat data.txt; exit 3"]);
-    let status = forkmon.wait();
-    assert_eq!(
-        status.code(),
-        Some(3),
-        "exits with the program's status when nothing waits"
-    );
+    forkmon.wait_stderr("program exited with status 3, waiting for changes..", 1);
     assert_eq!(forkmon.stdout(), "one\n");
-    assert!(
-        !forkmon.stderr().contains("watch '"),
-        "{}",
-        forkmon.stderr()
-    );
+    thread::sleep(Duration::from_millis(200));
+    save_by_rename(&dir.path().join("data.txt"), "two\n");
+    forkmon.wait_stdout("two", 1);
+    forkmon.wait_stderr("waiting for changes..", 2);
+    forkmon.signal(libc::SIGINT);
+    let status = forkmon.wait();
+    assert_eq!(status.code(), Some(3), "the program's last status");
+    let err = forkmon.stderr();
+    assert!(!err.contains("watch '"), "no checkpoint:\n{err}");
+    assert!(err.contains("restarting (read by cat, pid "), "{err}");
 }
 
 #[test]

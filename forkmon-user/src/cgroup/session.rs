@@ -272,6 +272,14 @@ impl Session {
             .map_err(|e| CgroupError::io("cannot read processes of", self.describe(group), e))
     }
 
+    /// The processes in `group` and in the groups nested in it (none if it
+    /// is unknown or cannot be read).
+    pub fn all_procs(&self, group: GroupId) -> Vec<i32> {
+        self.live(group)
+            .map(|node| all_procs(node.dir.as_fd()))
+            .unwrap_or_default()
+    }
+
     /// SIGKILL every process in `group` and in all groups nested in it, wait
     /// until they are dead (zombies count as dead), and remove the groups,
     /// deepest first. The ids of `group` and the groups nested in it are no

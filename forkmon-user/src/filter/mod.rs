@@ -15,8 +15,9 @@
 //! directory forkmon was started in). The default and name or relative
 //! globs leave out the environment's directories (version control,
 //! dependencies, caches, a Python standard library: see
-//! [`ENVIRONMENT_DIRS`]) unless the glob names them; absolute globs and Lua
-//! patterns match what they say.
+//! [`ENVIRONMENT_DIRS`]) unless the glob names them, and what the project's
+//! ignore files leave out ([`ignored`]); absolute globs and Lua patterns
+//! match what they say.
 //!
 //! Lua patterns are matched by the small port of Lua 5.4's matcher in
 //! [`lua`] rather than by the `lua-patterns` crate: the crate panics on
@@ -39,7 +40,10 @@ use forkmon_common::{
 
 // Public for the fuzz targets (fuzz/), which compile this module from its
 // source; within forkmon, `filter` itself is private.
+mod ignored;
 pub mod lua;
+
+use ignored::IgnoreFiles;
 
 /// A filter the user wrote that cannot be used. Messages are one short
 /// line whatever the input: see [`shown`].
@@ -142,7 +146,30 @@ const ENVIRONMENT_DIRS: &[&str] = &[
     ".nox",
     ".mypy_cache",
     ".pytest_cache",
+    "target",
 ];
+
+/// The system's top directories: what programs and their libraries read
+/// (the dynamic loader's cache, shared libraries, locales, time zones).
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "opt", "proc", "run", "sbin",
+    "snap", "sys", "usr", "var",
+];
+
+/// Whether `abs_path` is the system's, from where the user works at
+/// `base`: in one of [`SYSTEM_DIRS`], unless `base` is in that one too
+/// (someone working in `/etc` means its files).
+fn is_system_file(abs_path: &Path, base: &Path) -> bool {
+    let Some(dir) = top_dir(abs_path) else {
+        return false;
+    };
+    SYSTEM_DIRS.iter().any(|system| dir == *system) && top_dir(base) != Some(dir)
+}
+
+/// The first directory of an absolute path (`usr` of `/usr/lib`).
+fn top_dir(path: &Path) -> Option<&OsStr> {
+    path.components().nth(1).map(Component::as_os_str)
+}
 
 /// Whether `path` goes through an environment directory — one of
 /// [`ENVIRONMENT_DIRS`], or a Python standard library (`lib/python3.11`)
@@ -168,6 +195,8 @@ fn in_environment(path: &Path, named: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Filter {
     base: PathBuf,
+    /// The project's `.gitignore` and `.ignore` files.
+    ignored: IgnoreFiles,
     includes: Vec<PathGlob>,
     excludes: Vec<PathGlob>,
     lua: Vec<String>,
@@ -206,6 +235,7 @@ impl Filter {
             })
             .collect::<Result<_, _>>()?;
         Ok(Filter {
+            ignored: IgnoreFiles::of(&clean(base)),
             base: clean(base),
             includes,
             excludes,
@@ -227,12 +257,15 @@ impl Filter {
         if self.is_default() {
             return abs_path
                 .strip_prefix(&self.base)
-                .is_ok_and(|below| !below.as_os_str().is_empty() && !in_environment(below, ""));
+                .is_ok_and(|below| !below.as_os_str().is_empty() && !in_environment(below, ""))
+                && !is_system_file(abs_path, &self.base)
+                && !self.ignored.ignores(abs_path);
         }
         let bytes = abs_path.as_os_str().as_bytes();
         self.includes.iter().any(|glob| {
             glob.matches(abs_path, &self.base)
                 && !glob.reaches_into_environment(abs_path, &self.base)
+                && (glob.scope == Scope::Absolute || !self.ignored.ignores(abs_path))
         }) || self.lua.iter().any(|pattern| lua_matches(pattern, bytes))
     }
 
@@ -403,7 +436,7 @@ impl PathGlob {
     fn reaches_into_environment(&self, abs_path: &Path, base: &Path) -> bool {
         match self.scope {
             Scope::Absolute => false,
-            Scope::Name => in_environment(abs_path, ""),
+            Scope::Name => in_environment(abs_path, "") || is_system_file(abs_path, base),
             Scope::Relative => abs_path
                 .strip_prefix(base)
                 .is_ok_and(|below| in_environment(below, &self.text)),
@@ -517,7 +550,7 @@ impl Prefilter {
     }
 
     /// The configuration the kernel matches paths with
-    /// ([`PrefilterConfig::may_match`]); `signalled_only` is left to the
+    /// ([`PrefilterConfig::may_match`]); `reads_only` is left to the
     /// caller. What does not fit the kernel's slots accepts everything.
     pub fn config(&self) -> PrefilterConfig {
         let fits = self.suffixes.len() <= PREFILTER_MAX_SUFFIXES
@@ -861,6 +894,52 @@ mod tests {
         ));
         let lua = filter(&[], Some("%.py$"));
         assert!(lua.matches(Path::new("/usr/lib/python3.11/json/__init__.py")));
+    }
+
+    #[test]
+    fn the_systems_files_are_left_out_unless_the_user_works_among_them() {
+        let matches = |base: &str, globs: &[&str], path: &str| {
+            let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
+            Filter::new(&globs, None, Path::new(base))
+                .unwrap()
+                .matches(Path::new(path))
+        };
+        // From `/`, the default is not every file the loader reads.
+        for system in [
+            "/etc/ld.so.cache",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x.so",
+        ] {
+            assert!(!matches("/", &[], system), "{system}");
+            assert!(!matches("/home/u", &["*.so*"], system), "{system}");
+        }
+        assert!(matches("/", &[], "/home/u/app.lua"));
+        // Working in /etc means its files.
+        assert!(matches("/etc", &[], "/etc/nginx/nginx.conf"));
+        assert!(matches("/etc", &["*.conf"], "/etc/nginx/nginx.conf"));
+        assert!(!matches("/etc", &["*.conf"], "/usr/share/x.conf"));
+        // Named: what it says.
+        assert!(matches("/home/u", &["/etc/**"], "/etc/hosts"));
+    }
+
+    #[test]
+    fn ignore_files_leave_out_what_they_ignore_unless_an_absolute_glob_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir(base.join(".git")).unwrap();
+        std::fs::write(base.join(".gitignore"), "generated/\n").unwrap();
+        let matches = |globs: &[&str], path: &Path| {
+            let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
+            Filter::new(&globs, None, base).unwrap().matches(path)
+        };
+        let generated = base.join("generated/schema.py");
+        let mine = base.join("src/app.py");
+        for globs in [&[][..], &["*.py"], &["**/*.py"]] {
+            assert!(!matches(globs, &generated), "{globs:?}");
+            assert!(matches(globs, &mine), "{globs:?}");
+        }
+        let absolute = format!("{}/generated/*.py", base.display());
+        assert!(matches(&[&absolute], &generated));
     }
 
     #[test]

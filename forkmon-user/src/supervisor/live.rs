@@ -145,6 +145,14 @@ impl System for LiveSystem {
         Ok(self.session.procs(group)?)
     }
 
+    fn all_members(&self, group: GroupId) -> Vec<i32> {
+        self.session.all_procs(group)
+    }
+
+    fn signal(&mut self, pid: i32, signal: Signal) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+
     fn kill_now(&mut self, group: GroupId) -> anyhow::Result<()> {
         Ok(self.session.kill_now(group)?)
     }
@@ -172,31 +180,21 @@ impl System for LiveSystem {
     fn opened_file(&self, pid: i32, fd: i64) -> Option<Identity> {
         let opened = format!("/proc/{pid}/fd/{fd}");
         let meta = fs::metadata(&opened).ok().filter(fs::Metadata::is_file)?;
-        // Files the kernel makes up as they are read (/proc, /sys, cgroups)
-        // are regular files to stat, but nobody edits them, inotify says
-        // nothing of them, and `/proc/self/…` names another file for
-        // forkmon than for the program.
-        let generated = nix::sys::statfs::statfs(opened.as_str()).is_ok_and(|fs| {
-            use nix::sys::statfs::{
-                CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC,
-            };
-            [
-                PROC_SUPER_MAGIC,
-                SYSFS_MAGIC,
-                CGROUP2_SUPER_MAGIC,
-                CGROUP_SUPER_MAGIC,
-            ]
-            .contains(&fs.filesystem_type())
-        });
-        (!generated).then(|| Identity::from_metadata(&meta))
+        (!made_up_by_the_kernel(Path::new(&opened))).then(|| Identity::from_metadata(&meta))
     }
 
     fn file(&self, path: &Path) -> Option<Identity> {
+        // By the path first: `/proc/self/fd/N` leads to the file behind the
+        // fd (the stub's memfd, say), no file of the program's either.
+        if ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|top| path.starts_with(top))
+        {
+            return None;
+        }
         let _as_user = crate::credentials::as_program_user();
-        fs::metadata(path)
-            .ok()
-            .filter(fs::Metadata::is_file)
-            .map(|meta| Identity::from_metadata(&meta))
+        let meta = fs::metadata(path).ok().filter(fs::Metadata::is_file)?;
+        (!made_up_by_the_kernel(path)).then(|| Identity::from_metadata(&meta))
     }
 
     fn threads(&self, pid: i32) -> usize {
@@ -222,4 +220,23 @@ impl System for LiveSystem {
     fn unwatch(&mut self, file: &Path) {
         self.watcher.unwatch(file);
     }
+}
+
+/// Whether `path` is on a file system whose files the kernel makes up as
+/// they are read (/proc, /sys, cgroups): regular files to stat, but nobody
+/// edits them, inotify says nothing of them, and `/proc/self/…` names
+/// another file for forkmon than for the program.
+fn made_up_by_the_kernel(path: &Path) -> bool {
+    use nix::sys::statfs::{
+        CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, PROC_SUPER_MAGIC, SYSFS_MAGIC, statfs,
+    };
+    statfs(path).is_ok_and(|fs| {
+        [
+            PROC_SUPER_MAGIC,
+            SYSFS_MAGIC,
+            CGROUP2_SUPER_MAGIC,
+            CGROUP_SUPER_MAGIC,
+        ]
+        .contains(&fs.filesystem_type())
+    })
 }

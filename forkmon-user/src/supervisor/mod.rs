@@ -2,6 +2,12 @@
 //! the kernel's candidate opens, keeps the chain of checkpoints, and on a
 //! change kills everything below the file's checkpoint and resumes it.
 //!
+//! Files the program's tree reads that are no checkpoint (read by a
+//! subprocess, a process with threads or without the stub, or after the
+//! most checkpoints) are watched too: a change to one resumes from the
+//! checkpoint the reader ran below, or restarts the program from scratch
+//! when there is none (see [`ReadFile`]).
+//!
 //! The live program is always a chain: the target (or a checkpoint's fresh
 //! child) runs; at each matching open it becomes a checkpoint and its child
 //! runs on. `chain[i]` is the i-th checkpoint; what runs below the last one
@@ -16,7 +22,7 @@ use std::{
     collections::{HashMap, HashSet},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use forkmon_common::stub::{
@@ -82,6 +88,11 @@ pub trait System: Kernel {
     /// Moves `pid` into `group`; one that already exited needs no moving.
     fn move_into(&mut self, group: Self::Group, pid: i32) -> anyhow::Result<()>;
     fn members(&self, group: Self::Group) -> anyhow::Result<Vec<i32>>;
+    /// The processes in `group` and the groups nested in it (none if it
+    /// cannot be read).
+    fn all_members(&self, group: Self::Group) -> Vec<i32>;
+    /// Sends `signal` to `pid`, if it is still there.
+    fn signal(&mut self, pid: i32, signal: nix::sys::signal::Signal);
     /// Kills the group's processes without waiting for them.
     fn kill_now(&mut self, group: Self::Group) -> anyhow::Result<()>;
     /// Kills the group and everything nested in it, in the background.
@@ -189,6 +200,9 @@ struct Checkpoint<G> {
     unannounced: bool,
     /// How many threads it had at the open.
     threads: usize,
+    /// The start-up a resume from it skips: from the program's launch to
+    /// this open, less the time spent waiting for changes.
+    skipped: Duration,
 }
 
 /// How a process is forked at its checkpoint.
@@ -264,6 +278,58 @@ pub struct Candidate {
     pub syscall: u32,
     /// The absolute path, when it could be resolved.
     pub path: Option<PathBuf>,
+    pub reader: Reader,
+}
+
+/// A successful read-only open that was not stopped (its process is not
+/// armed: a subprocess, a program without the stub), of a file that may
+/// match the filter.
+#[derive(Debug, Clone)]
+pub struct ReadOpen {
+    pub pid: i32,
+    pub path: Option<PathBuf>,
+    pub reader: Reader,
+}
+
+/// Who opened a file: what a restart names, and where in the tree it ran.
+#[derive(Debug, Clone, Default)]
+pub struct Reader {
+    /// Its command name.
+    pub comm: String,
+    /// Its parent, grandparent, … as forked in the tree (an orphan keeps
+    /// the parent it was forked by): which checkpoint it ran below.
+    pub ancestors: Vec<i32>,
+}
+
+/// A watched file that is no checkpoint: where a change to it resumes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReadFile {
+    /// The checkpoint its reader ran below (a resume from it reads the file
+    /// again), or `None`: it was read before any checkpoint, or outside
+    /// them (a start-up server), so only a restart reads it again.
+    resume_at: Option<usize>,
+    /// Why no checkpoint serves it, for the restart's line.
+    why: String,
+}
+
+/// A restart from scratch that a change asked for: carried out by the
+/// caller, which launches the program (see [`Supervisor::take_restart`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    pub file: PathBuf,
+    pub why: String,
+}
+
+/// Why an open did not become a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// Not the process that runs the program (a subprocess).
+    NotTheProgram,
+    /// The file does not pass the filter, or is a checkpoint already:
+    /// nothing to watch for it.
+    NotWanted,
+    /// Why it cannot be a checkpoint, for a restart's line.
+    Cannot(String),
 }
 
 /// Why the program ended for good.
@@ -302,6 +368,23 @@ pub struct Supervisor<S: System> {
     unregistered: HashMap<i32, Candidate>,
     /// Pids of processes that registered and are still known.
     registered: HashSet<i32>,
+    /// Files read that are no checkpoint (see [`ReadFile`]).
+    read: HashMap<PathBuf, ReadFile>,
+    /// `--restart`: no checkpoint at all; every change restarts.
+    restart_only: bool,
+    /// A restart a change asked for, until the caller carries it out.
+    restart: Option<Restart>,
+    /// The program's stub said hello (a static binary's never does).
+    stubbed: bool,
+    /// When the running program started (launched, or resumed), and the
+    /// start-up the checkpoint it resumed from had skipped: what a
+    /// checkpoint made now skips.
+    run_clock: (Instant, Duration),
+    /// A resume under way since then: its line is said once the program
+    /// runs.
+    resuming: Option<Instant>,
+    /// The changed file that stopped the program, until that is said.
+    trigger: Option<PathBuf>,
 }
 
 pub struct Options {
@@ -314,6 +397,8 @@ pub struct Options {
     /// `PYTHONPYCACHEPREFIX`, which the program inherits from forkmon:
     /// where bytecode caches may mirror their sources (see `python`).
     pub pycache_prefix: Option<PathBuf>,
+    /// `--restart`: restart the program on every change, never resume it.
+    pub restart_only: bool,
 }
 
 impl<S: System> Supervisor<S> {
@@ -337,6 +422,13 @@ impl<S: System> Supervisor<S> {
             warned_max: false,
             unregistered: HashMap::new(),
             registered: HashSet::new(),
+            read: HashMap::new(),
+            restart_only: options.restart_only,
+            restart: None,
+            stubbed: false,
+            run_clock: (Instant::now(), Duration::ZERO),
+            resuming: None,
+            trigger: None,
         }
     }
 
@@ -376,8 +468,24 @@ impl<S: System> Supervisor<S> {
     /// Forgets checkpoints `index..` (gone), and a program state that
     /// depended on one of them.
     fn cut_chain(&mut self, index: usize) {
+        // Files read below the checkpoints that go are read again, if at
+        // all, by what runs from now on.
+        let stale: Vec<PathBuf> = self
+            .read
+            .iter()
+            .filter(|(_, read)| read.resume_at.is_some_and(|at| at >= index))
+            .map(|(file, _)| file.clone())
+            .collect();
+        for file in stale {
+            self.read.remove(&file);
+            if !self.chain.iter().any(|c| c.file == file) {
+                self.system.unwatch(&file);
+            }
+        }
         for gone in self.chain.drain(index..) {
-            self.system.unwatch(&gone.file);
+            if !self.read.contains_key(&gone.file) {
+                self.system.unwatch(&gone.file);
+            }
             forget(&mut self.system, &mut self.registered, gone.pid);
             if let Some((child, _)) = gone.below {
                 forget(&mut self.system, &mut self.registered, child);
@@ -434,18 +542,25 @@ impl<S: System> Supervisor<S> {
         if let (true, Some((identity, source))) = (cache, source) {
             (opened, path) = (Some(identity), Some(source));
         }
-        let fork = match (&path, opened) {
-            (Some(path), Some(_)) => self.should_checkpoint(pid, candidate.tid, path),
-            _ => None,
+        let (Some(path), Some(identity)) = (path, opened) else {
+            return self.let_go(pid);
         };
-        let (Program::Running { group, .. }, Some(fork), Some(path)) = (self.program, fork, path)
-        else {
-            // The eBPF program armed its next child, in case the stub
-            // forked before this verdict; a child forked later is the
-            // program's own.
-            self.system.keep_next_child_unarmed(pid)?;
-            return self.system.send(pid, CMD_GO);
+        let fork = self.should_checkpoint(pid, candidate.tid, &path, &candidate.reader.comm);
+        let (Program::Running { group, .. }, Ok(fork)) = (self.program, &fork) else {
+            // It goes on first: the watch can wait.
+            self.let_go(pid)?;
+            match fork {
+                Err(Refusal::NotWanted) => {}
+                Err(Refusal::Cannot(why)) => {
+                    self.note_read(&path, identity, pid, &candidate.reader, Some(why))
+                }
+                Ok(_) | Err(Refusal::NotTheProgram) => {
+                    self.note_read(&path, identity, pid, &candidate.reader, None)
+                }
+            }
+            return Ok(());
         };
+        let fork = *fork;
         // Before the verdict lets anything run after the checkpoint (while
         // the stub forks, which takes longer).
         let startup = self.system.members(group).unwrap_or_default();
@@ -462,6 +577,7 @@ impl<S: System> Supervisor<S> {
                 Fork::Alone => 1,
                 Fork::WithHandlers(threads) => threads,
             },
+            skipped: self.run_clock.1 + self.run_clock.0.elapsed(),
         });
         let at = self.chain.len() - 1;
         self.program = Program::Starting { at };
@@ -475,7 +591,7 @@ impl<S: System> Supervisor<S> {
         self.system.send(pid, command)?;
         // While it forks. Its child may read the file before the watch is
         // in place: a save meanwhile still shows against `opened`.
-        match self.system.watch(&path, opened) {
+        match self.system.watch(&path, Some(identity)) {
             Ok(()) if fork != Fork::Alone => self.chain[at].unannounced = true,
             Ok(()) => self.report.watch(&path),
             // The program runs on; only this file's changes go unnoticed.
@@ -487,17 +603,32 @@ impl<S: System> Supervisor<S> {
         Ok(())
     }
 
+    /// Lets `pid`, stopped at an open that is no checkpoint, go on.
+    fn let_go(&mut self, pid: i32) -> anyhow::Result<()> {
+        // The eBPF program armed its next child, in case the stub forked
+        // before this verdict; a child forked later is the program's own.
+        self.system.keep_next_child_unarmed(pid)?;
+        self.system.send(pid, CMD_GO)
+    }
+
     /// Whether `pid`'s open of `path` (by its thread `tid`) becomes a
     /// checkpoint, and how it is forked.
-    fn should_checkpoint(&mut self, pid: i32, tid: i32, path: &Path) -> Option<Fork> {
+    fn should_checkpoint(
+        &mut self,
+        pid: i32,
+        tid: i32,
+        path: &Path,
+        comm: &str,
+    ) -> Result<Fork, Refusal> {
+        if !self.filter.matches(path) || self.chain.iter().any(|c| c.file == path) {
+            // The first open of each file is its checkpoint.
+            return Err(Refusal::NotWanted);
+        }
         if self.running_pid() != Some(pid) {
-            return None;
+            return Err(Refusal::NotTheProgram);
         }
-        if !self.filter.matches(path) {
-            return None;
-        }
-        if self.chain.iter().any(|c| c.file == path) {
-            return None; // the first open of each file is its checkpoint
+        if self.restart_only {
+            return Err(Refusal::Cannot("--restart".into()));
         }
         if self.chain.len() >= self.max_checkpoints {
             if !std::mem::replace(&mut self.warned_max, true) {
@@ -507,9 +638,97 @@ impl<S: System> Supervisor<S> {
                     self.chain.len()
                 ));
             }
-            return None;
+            return Err(Refusal::Cannot(format!(
+                "{} checkpoints made, the most kept at once",
+                self.chain.len()
+            )));
         }
-        self.fork_for(pid, tid)
+        self.fork_for(pid, tid, comm)
+    }
+
+    /// A file the tree read that is no checkpoint (see [`ReadFile`]), if it
+    /// passes the filter: watched from now on.
+    pub fn on_read(&mut self, open: ReadOpen) {
+        let Some(path) = open.path else {
+            return;
+        };
+        // A bytecode cache stands for its source, as for a checkpoint.
+        let path =
+            crate::python::source_of_cache(&path, self.pycache_prefix.as_deref()).unwrap_or(path);
+        if !self.filter.matches(&path) || self.chain.iter().any(|c| c.file == path) {
+            return;
+        }
+        // What the path names now: the process did not wait, and its fd
+        // may name another file by now (a compiler opens hundreds).
+        let Some(identity) = self.system.file(&path) else {
+            return;
+        };
+        self.note_read(&path, identity, open.pid, &open.reader, None);
+    }
+
+    /// Watches `path`, read by `pid`, as a file that is no checkpoint:
+    /// `why` a checkpoint could not be made at it, if that was tried.
+    fn note_read(
+        &mut self,
+        path: &Path,
+        identity: Identity,
+        pid: i32,
+        reader: &Reader,
+        why: Option<String>,
+    ) {
+        let resume_at = if self.restart_only {
+            None
+        } else {
+            self.region_of(pid, &reader.ancestors)
+        };
+        let why = match why {
+            _ if self.restart_only => "--restart".to_string(),
+            Some(why) => why,
+            None if Some(pid) == self.running_pid() && !self.stubbed => format!(
+                "{} runs without forkmon's stub: statically linked, or started without \
+                 its environment",
+                reader.comm
+            ),
+            None if Some(pid) == self.running_pid() => format!("read by {}", reader.comm),
+            None => format!("read by {}, pid {pid}, a subprocess", reader.comm),
+        };
+        let read = ReadFile { resume_at, why };
+        match self.read.get(path) {
+            // The earliest reader decides: None (a restart) first.
+            Some(known) if known.resume_at <= read.resume_at => return,
+            Some(_) => {}
+            None => match self.system.watch(path, Some(identity)) {
+                Ok(()) => debug!("watching '{}', read by {pid}", path.display()),
+                Err(e) => {
+                    self.report.warn(&format!(
+                        "{e}; changes to '{}' will go unnoticed",
+                        escape_path(path)
+                    ));
+                    return;
+                }
+            },
+        }
+        self.read.insert(path.to_path_buf(), read);
+    }
+
+    /// The latest checkpoint that `pid` (with these ancestors, nearest
+    /// first) runs below: one whose fork leads to it, other than the
+    /// start-up the checkpoint was made with. A resume from there runs it
+    /// again.
+    fn region_of(&self, pid: i32, ancestors: &[i32]) -> Option<usize> {
+        let lineage: Vec<i32> = std::iter::once(pid)
+            .chain(ancestors.iter().copied())
+            .collect();
+        self.chain
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(index, checkpoint)| {
+                let at = lineage.iter().position(|&p| p == checkpoint.pid)?;
+                // Its child on the way down to `pid`.
+                let through = *lineage.get(at.checked_sub(1)?)?;
+                (!checkpoint.startup.contains(&through)).then_some(index)
+            })
     }
 
     /// How `pid`, stopped at an open by its thread `tid`, can be forked, if
@@ -522,10 +741,10 @@ impl<S: System> Supervisor<S> {
     /// each BLAS call, then sleep in a futex, as idle threads no handler
     /// stops do (docs/mechanism.md, "Threads"). What forkmon can tell
     /// without forking is refused here.
-    fn fork_for(&mut self, pid: i32, tid: i32) -> Option<Fork> {
+    fn fork_for(&mut self, pid: i32, tid: i32, comm: &str) -> Result<Fork, Refusal> {
         let count = self.system.threads(pid);
         if count <= 1 {
-            return Some(Fork::Alone);
+            return Ok(Fork::Alone);
         }
         let others: Vec<Thread> = self
             .system
@@ -534,17 +753,18 @@ impl<S: System> Supervisor<S> {
             .filter(|thread| thread.tid != tid)
             .collect();
         if others.is_empty() {
-            return Some(Fork::Alone); // they ended meanwhile
+            return Ok(Fork::Alone); // they ended meanwhile
         }
+        let has_threads = || Refusal::Cannot(format!("{comm} has {count} threads"));
         if self.threads_left.contains(&pid) {
-            return None; // its last fork left them, and said so
+            return Err(has_threads()); // its last fork left them, and said so
         }
         if let Some(why) = others.iter().find_map(cannot_fork_without) {
             self.warn_threads(pid, count, &why);
-            return None;
+            return Err(has_threads());
         }
         debug!("pid {pid} has {count} threads: forking it with fork()'s handlers");
-        Some(Fork::WithHandlers(count))
+        Ok(Fork::WithHandlers(count))
     }
 
     /// Says once per run why a process with threads is not checkpointed.
@@ -585,6 +805,7 @@ impl<S: System> Supervisor<S> {
                 // that execs the real interpreter) can be checkpointed; any
                 // other process is observed only.
                 if self.running_pid() == Some(pid) {
+                    self.stubbed = true;
                     self.system.arm(pid)?;
                 }
                 self.system.connect(pid, eventfd, theirs);
@@ -738,6 +959,12 @@ impl<S: System> Supervisor<S> {
             // let it go before the bookkeeping below.
             std::thread::yield_now();
         }
+        let skipped = self.chain[index].skipped;
+        self.run_clock = (Instant::now(), skipped);
+        if let Some(since) = self.resuming.take() {
+            self.report
+                .resumed(&self.chain[index].file, since.elapsed(), skipped);
+        }
         // The checkpoint reaps and reports this child: at the program's
         // priority, so its exit is known at once.
         self.system.give(policy, parent_pid);
@@ -818,29 +1045,165 @@ impl<S: System> Supervisor<S> {
     /// A change is seen: stop the program below the earliest checkpoint
     /// concerned at once, and resume once the delays have passed (even if
     /// the files turn out unchanged: what ran is gone).
+    ///
+    /// A change to a file that no checkpoint serves asks for a restart
+    /// instead (see [`take_restart`](Self::take_restart)), once the delays
+    /// have passed: a restart stops the program gently, which is not worth
+    /// starting before the editor is done.
     pub fn on_watch_event(&mut self, event: WatchEvent) -> anyhow::Result<()> {
         match event {
             WatchEvent::Touched(files) => match self.earliest_of(&files) {
-                Some(index) => self.stop_below(index),
+                Some(index) => {
+                    self.note_trigger(&files, index);
+                    self.stop_below(index)
+                }
                 None => Ok(()),
             },
             WatchEvent::Imminent => self.prime_resume(Due::Soon),
             WatchEvent::Changed(files) => {
+                if let Some(restart) = self.restart_for(&files) {
+                    self.restart = Some(restart);
+                    return Ok(());
+                }
                 let stopped = match self.program {
                     Program::Stopped(stop) => Some(stop.at),
                     _ => None,
                 };
                 match self.earliest_of(&files).into_iter().chain(stopped).min() {
-                    Some(index) => self.resume_from(index),
+                    Some(index) => {
+                        self.note_trigger(&files, index);
+                        self.resume_from(index)
+                    }
                     None => Ok(()),
                 }
             }
         }
     }
 
-    /// The earliest checkpoint made at one of `files`.
+    /// The earliest checkpoint a resume for `files` must start from: made
+    /// at one of them, or one that a reader of them ran below.
     fn earliest_of(&self, files: &[PathBuf]) -> Option<usize> {
-        self.chain.iter().position(|c| files.contains(&c.file))
+        let made_at = self.chain.iter().position(|c| files.contains(&c.file));
+        let read_below = files
+            .iter()
+            .filter_map(|file| self.read.get(file)?.resume_at)
+            .min();
+        made_at.into_iter().chain(read_below).min()
+    }
+
+    /// Remembers which of `files` makes the program resume from checkpoint
+    /// `index`, for the line that says so (the first named wins).
+    fn note_trigger(&mut self, files: &[PathBuf], index: usize) {
+        if self.trigger.is_some() {
+            return;
+        }
+        self.trigger = files
+            .iter()
+            .find(|file| {
+                self.chain[index].file == **file
+                    || self
+                        .read
+                        .get(*file)
+                        .is_some_and(|r| r.resume_at == Some(index))
+            })
+            .cloned();
+    }
+
+    /// The restart `files` ask for, if one of them is read where no
+    /// checkpoint serves.
+    fn restart_for(&self, files: &[PathBuf]) -> Option<Restart> {
+        files.iter().find_map(|file| {
+            let read = self
+                .read
+                .get(file)
+                .filter(|read| read.resume_at.is_none())?;
+            Some(Restart {
+                file: file.clone(),
+                why: read.why.clone(),
+            })
+        })
+    }
+
+    /// The restart a change asked for, to be carried out now: stop the
+    /// program with [`stop_for_restart`](Self::stop_for_restart), launch it
+    /// again, and tell [`restarted`](Self::restarted).
+    pub fn take_restart(&mut self) -> Option<Restart> {
+        self.restart.take()
+    }
+
+    /// Stops everything the program runs, for a restart: the checkpoints
+    /// and standbys at once (they run no code of the program's, which a
+    /// signal would wake), what runs the program with `signal`, then
+    /// SIGKILL for what is left after `grace`. Returns once all of it is
+    /// gone, or still exiting after SIGKILL.
+    pub fn stop_for_restart(
+        &mut self,
+        restart: &Restart,
+        root: S::Group,
+        signal: nix::sys::signal::Signal,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        self.restart = None;
+        self.report.restarting(&restart.file, &restart.why);
+        // The checkpoints and standbys wait frozen in their stubs: a signal
+        // would run the program's handler there. Their children die with
+        // them (PR_SET_PDEATHSIG), so they go last.
+        let frozen: HashSet<i32> = self
+            .chain
+            .iter()
+            .flat_map(|c| match c.next {
+                Next::Standby(standby) => vec![c.pid, standby],
+                _ => vec![c.pid],
+            })
+            .collect();
+        let others = |system: &S| -> Vec<i32> {
+            let mut all = system.all_members(root);
+            all.retain(|pid| !frozen.contains(pid));
+            all
+        };
+        for pid in others(&self.system) {
+            self.system.signal(pid, signal);
+        }
+        let deadline = Instant::now() + grace;
+        while !others(&self.system).is_empty() {
+            if Instant::now() >= deadline {
+                debug!("the program outlived {signal} for {grace:?}: SIGKILL");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.system.kill_now(root)?;
+        if !self.system.wait_empty(root, KILL_TIMEOUT)? {
+            warn!("the program is still exiting after SIGKILL");
+        }
+        self.system.reap_empty();
+        Ok(())
+    }
+
+    /// The program was launched again, as `target` in `root`: everything
+    /// known of the last run is forgotten, and its files will be watched
+    /// again as the new run reads them.
+    pub fn restarted(&mut self, target: i32, root: S::Group) {
+        self.cut_chain(0);
+        for (file, _) in self.read.drain() {
+            self.system.unwatch(&file);
+        }
+        for pid in self.registered.drain() {
+            self.system.disconnect(pid);
+        }
+        self.unregistered.clear();
+        self.threads_left.clear();
+        self.checkpoints_died = false;
+        self.stubbed = false;
+        self.target = target;
+        self.program = Program::Running {
+            pid: target,
+            group: root,
+        };
+        self.run_clock = (Instant::now(), Duration::ZERO);
+        self.resuming = None;
+        self.trigger = None;
+        self.system.prepare(root);
     }
 
     /// Kills everything below checkpoint `index` without waiting for it to
@@ -910,7 +1273,12 @@ impl<S: System> Supervisor<S> {
         }
         stop.prime = Prime::Done;
         let checkpoint = &self.chain[stop.at];
-        self.report.changed(&checkpoint.file);
+        self.report.clear_screen();
+        let trigger = self.trigger.take();
+        self.report.changed(
+            trigger.as_deref().unwrap_or(&checkpoint.file),
+            &checkpoint.file,
+        );
         for group in [&mut stop.running, &mut stop.below] {
             if let Some(g) = *group
                 && self.system.wait_empty(g, Duration::ZERO).unwrap_or(false)
@@ -946,6 +1314,7 @@ impl<S: System> Supervisor<S> {
     /// checkpoints and standbys below are waited for only briefly: they
     /// run nothing, and thousands of them take long to exit.
     fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
+        self.resuming = Some(Instant::now());
         self.stop_below(index)?;
         // Without a delay nothing was imminent: prime now, so that the
         // standby wakes while the killed program exits.
@@ -1008,6 +1377,13 @@ impl<S: System> Supervisor<S> {
                 .warn("the program's first checkpoint was killed from outside; stopping");
             return Some(Ended::CheckpointsDied(code));
         }
+        if self.chain.is_empty() && !self.read.is_empty() {
+            // Files it read are watched: a change restarts it.
+            let status = shell_code_status(code);
+            self.last_status = Some(status);
+            self.report.exited(status);
+            return None;
+        }
         if self.chain.is_empty() {
             self.report
                 .exited_for_good(code as i32, &self.filter.describe());
@@ -1036,6 +1412,14 @@ impl<S: System> Supervisor<S> {
 fn forget(system: &mut impl System, registered: &mut HashSet<i32>, pid: i32) {
     if registered.remove(&pid) {
         system.disconnect(pid);
+    }
+}
+
+/// A shell's exit code (128 + N for signal N) as a raw wait status.
+fn shell_code_status(code: u8) -> i32 {
+    match code {
+        129..=192 => i32::from(code - 128),
+        _ => i32::from(code) << 8,
     }
 }
 

@@ -17,6 +17,7 @@ use forkmon_common::{
 
 use super::*;
 use crate::channel::Sender;
+use nix::sys::signal::Signal;
 
 /// What the supervisor did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,7 @@ enum Did {
     Killed(i32),
     Watched(PathBuf),
     Unwatched(PathBuf),
+    Signalled(i32, nix::sys::signal::Signal),
 }
 
 const USER: u32 = 1000;
@@ -163,6 +165,26 @@ impl System for FakeSystem {
         Ok(self.members.get(&group).cloned().unwrap_or_default())
     }
 
+    fn all_members(&self, group: u32) -> Vec<i32> {
+        // The groups nested in `group`, as the supervisor made them.
+        let mut groups = vec![group];
+        for did in &self.did {
+            if let Did::NewGroup { group, parent } = did
+                && groups.contains(parent)
+            {
+                groups.push(*group);
+            }
+        }
+        groups
+            .iter()
+            .flat_map(|g| self.members.get(g).cloned().unwrap_or_default())
+            .collect()
+    }
+
+    fn signal(&mut self, pid: i32, signal: nix::sys::signal::Signal) {
+        self.did.push(Did::Signalled(pid, signal));
+    }
+
     fn kill_now(&mut self, group: u32) -> anyhow::Result<()> {
         self.did.push(Did::KilledNow(group));
         Ok(())
@@ -253,6 +275,7 @@ fn supervisor() -> Supervisor<FakeSystem> {
         program_uid: USER,
         max_checkpoints: 3,
         pycache_prefix: None,
+        restart_only: false,
     };
     let mut s = Supervisor::new(FakeSystem::new(), options, TARGET, 0);
     s.message(
@@ -292,8 +315,38 @@ impl Supervisor<FakeSystem> {
             fd: 3,
             syscall: open_syscall::OPENAT,
             path: Some(Path::new("/w").join(name)),
+            reader: self.reader(pid),
         })
         .unwrap();
+    }
+
+    /// Who `pid` is, as the kernel's fork records tell: its ancestors in
+    /// the fake tree.
+    fn reader(&self, pid: i32) -> Reader {
+        let mut ancestors = Vec::new();
+        let mut at = pid;
+        while let Some(&parent) = self.system.alive.get(&at) {
+            if parent <= 1 {
+                break;
+            }
+            ancestors.push(parent);
+            at = parent;
+        }
+        Reader {
+            comm: format!("p{pid}"),
+            ancestors,
+        }
+    }
+
+    /// `pid`, which did not wait for a verdict, read `/w/NAME`.
+    fn reads(&mut self, pid: i32, name: &str) {
+        let path = Path::new("/w").join(name);
+        self.system.files.insert(path.clone());
+        self.on_read(ReadOpen {
+            pid,
+            path: Some(path),
+            reader: self.reader(pid),
+        });
     }
 
     /// `parent` forked `child`, which registers: running at once or waiting.
@@ -403,6 +456,7 @@ fn an_open_that_does_not_match_or_is_not_a_regular_file_is_let_go() {
         fd: 3,
         syscall: open_syscall::OPENAT,
         path: Some("/elsewhere/a.txt".into()),
+        reader: s.reader(TARGET),
     })
     .unwrap();
     s.system.regular = false;
@@ -510,8 +564,12 @@ fn a_java_vm_or_a_stopped_thread_is_refused_without_forking() {
         s.opens(TARGET, "a.txt");
         assert_eq!(
             s.take_did(),
-            [Did::KeptNextChildUnarmed(TARGET), Did::Sent(TARGET, CMD_GO)],
-            "{others:?}"
+            [
+                Did::KeptNextChildUnarmed(TARGET),
+                Did::Sent(TARGET, CMD_GO),
+                Did::Watched("/w/a.txt".into())
+            ],
+            "{others:?}: let go, and its file watched for a restart"
         );
         assert!(s.chain.is_empty());
         assert!(s.warned_threads, "one line says why");
@@ -552,7 +610,11 @@ fn threads_left_by_the_fork_give_the_checkpoint_up_until_they_are_gone() {
     s.opens(TARGET, "b.txt");
     assert_eq!(
         s.take_did(),
-        [Did::KeptNextChildUnarmed(TARGET), Did::Sent(TARGET, CMD_GO)]
+        [
+            Did::KeptNextChildUnarmed(TARGET),
+            Did::Sent(TARGET, CMD_GO),
+            Did::Watched("/w/b.txt".into())
+        ]
     );
     // …and checkpointed as any process once it has one thread.
     s.system.threads.remove(&TARGET);
@@ -933,4 +995,118 @@ fn a_bytecode_cache_is_a_checkpoint_at_its_source() {
         s.sent_to_last(101),
         stub::checkpoint_command(open_syscall::OPENAT, false)
     );
+}
+
+/// `parent` starts `child`, a subprocess: in its group, never armed.
+fn spawns(s: &mut Supervisor<FakeSystem>, parent: i32, child: i32) {
+    s.system.alive.insert(child, parent);
+    let group = *s
+        .system
+        .members
+        .iter()
+        .find(|(_, m)| m.contains(&parent))
+        .map(|(g, _)| g)
+        .unwrap();
+    s.system.members.get_mut(&group).unwrap().push(child);
+}
+
+#[test]
+fn a_file_read_before_any_checkpoint_restarts_the_program_gently() {
+    let mut s = supervisor();
+    spawns(&mut s, TARGET, 200);
+    s.take_did();
+    s.reads(200, "m.c");
+    assert_eq!(s.take_did(), [Did::Watched("/w/m.c".into())]);
+    // The program ending does not end the run: it waits for changes.
+    assert_eq!(s.on_target_exit(0), None);
+    s.changed("m.c");
+    let restart = s.take_restart().expect("a change to it asks for a restart");
+    assert_eq!(restart.file, Path::new("/w/m.c"));
+    assert!(
+        restart.why.contains("p200, pid 200, a subprocess"),
+        "{}",
+        restart.why
+    );
+    assert!(
+        s.take_did().is_empty(),
+        "nothing stopped before the restart"
+    );
+
+    s.stop_for_restart(&restart, 0, Signal::SIGINT, Duration::ZERO)
+        .unwrap();
+    let did = s.take_did();
+    assert_eq!(
+        &did[..2],
+        [
+            Did::Signalled(TARGET, Signal::SIGINT),
+            Did::Signalled(200, Signal::SIGINT)
+        ],
+        "the whole tree gets the stop signal first"
+    );
+    assert!(did.contains(&Did::KilledNow(0)), "then SIGKILL: {did:?}");
+
+    s.restarted(300, 0);
+    assert_eq!(s.take_did(), [Did::Unwatched("/w/m.c".into())]);
+    assert_eq!(s.target(), 300);
+    assert_eq!(s.program, Program::Running { pid: 300, group: 0 });
+}
+
+#[test]
+fn a_file_read_by_a_subprocess_below_a_checkpoint_resumes_from_it() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    spawns(&mut s, 101, 201);
+    s.reads(201, "data");
+    s.take_did();
+    s.changed("data");
+    assert_eq!(s.take_restart(), None);
+    assert!(
+        s.take_did().contains(&Did::KilledNow(1)),
+        "the program below the checkpoint was stopped, to resume"
+    );
+    assert!(matches!(
+        s.program,
+        Program::Stopped(Stop { at: 0, .. }) | Program::Starting { at: 0 }
+    ));
+    // Still watched: the checkpoint it resumes from is still there.
+    assert_eq!(s.read[Path::new("/w/data")].resume_at, Some(0));
+}
+
+#[test]
+fn a_file_read_by_a_start_up_server_restarts_the_program() {
+    let mut s = supervisor();
+    spawns(&mut s, TARGET, 150); // a server, started before the checkpoint
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.reads(150, "server.conf");
+    s.changed("server.conf");
+    assert!(s.take_restart().is_some(), "no resume reads it again");
+}
+
+#[test]
+fn a_program_with_threads_is_watched_for_a_restart_with_the_reason() {
+    let mut s = supervisor();
+    with_threads(&mut s, &[thread(105, "VM Thread", 'S')]);
+    s.opens(TARGET, "Main.java");
+    assert!(s.chain.is_empty());
+    s.changed("Main.java");
+    let restart = s.take_restart().unwrap();
+    assert_eq!(restart.why, format!("p{TARGET} has 2 threads"));
+}
+
+#[test]
+fn with_restart_only_no_open_becomes_a_checkpoint() {
+    let mut s = supervisor();
+    s.restart_only = true;
+    s.opens(TARGET, "a.txt");
+    assert!(s.chain.is_empty());
+    s.changed("a.txt");
+    assert_eq!(s.take_restart().unwrap().why, "--restart");
+}
+
+#[test]
+fn a_program_that_read_nothing_it_could_watch_ends_the_run() {
+    let mut s = supervisor();
+    assert_eq!(s.on_target_exit(3), Some(Ended::Exited(3)));
 }
