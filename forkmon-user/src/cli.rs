@@ -242,6 +242,12 @@ pub struct RunArgs {
     )]
     pub stop_timeout: Delay,
 
+    /// Read keys at the terminal: r (or Enter) resumes from the latest
+    /// checkpoint, R restarts from scratch, q quits. The program's standard
+    /// input is then /dev/null.
+    #[arg(long, env = "FORKMON_KEYS", value_parser = set_means_on, default_value = OFF)]
+    pub keys: bool,
+
     /// Clear the screen before each resume or restart.
     #[arg(short, long, env = "FORKMON_CLEAR", value_parser = set_means_on, default_value = OFF)]
     pub clear: bool,

@@ -200,6 +200,8 @@ pub struct Setup<'a> {
     pub env: Vec<(OsString, OsString)>,
     /// Fds (close-on-exec in forkmon) the program inherits, same numbers.
     pub inherit: Vec<std::os::fd::RawFd>,
+    /// An fd the program gets as its standard input instead of forkmon's.
+    pub stdin: Option<std::os::fd::RawFd>,
 }
 
 /// Forks a child that waits for [`Paused::release`], then drops to the
@@ -239,6 +241,7 @@ pub fn spawn_paused(argv: &[OsString], setup: &Setup) -> Result<Paused, LaunchEr
                 parent,
                 user,
                 &setup.inherit,
+                setup.stdin,
                 &c_path,
                 &argv_ptrs,
                 &env_ptrs,
@@ -282,6 +285,7 @@ fn child_exec(
     parent: Pid,
     user: Option<&TargetUser>,
     inherit: &[std::os::fd::RawFd],
+    stdin: Option<std::os::fd::RawFd>,
     path: &CString,
     argv: &[*const libc::c_char],
     env: &[*const libc::c_char],
@@ -316,6 +320,9 @@ fn child_exec(
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         for &fd in inherit {
             libc::fcntl(fd, libc::F_SETFD, 0);
+        }
+        if let Some(fd) = stdin {
+            libc::dup2(fd, 0);
         }
         libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
     }

@@ -8,6 +8,7 @@ mod cli;
 mod credentials;
 mod events;
 mod filter;
+mod keys;
 mod launcher;
 mod loader;
 mod output;

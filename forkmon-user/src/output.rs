@@ -211,12 +211,15 @@ impl Reporter {
 
     /// Before a restart from scratch: which file, and why no checkpoint
     /// could serve it.
-    pub fn restarting(&self, file: &std::path::Path, why: &str) {
+    pub fn restarting(&self, file: Option<&std::path::Path>, why: &str) {
         self.clear_screen();
-        self.say(&format!(
-            "file '{}' changed, restarting ({why})",
-            escape_path(file)
-        ));
+        match file {
+            Some(file) => self.say(&format!(
+                "file '{}' changed, restarting ({why})",
+                escape_path(file)
+            )),
+            None => self.say(&format!("restarting ({why})")),
+        }
     }
 
     /// `--clear`: the screen cleared before each resume or restart, on the

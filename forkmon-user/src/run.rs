@@ -28,6 +28,7 @@ use crate::{
     cli::RunArgs,
     events::Events,
     filter::Filter,
+    keys::{Key, Keys},
     launcher::{self, TargetUser},
     loader::Probes,
     output::Reporter,
@@ -103,7 +104,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             env.push(("PYTHONUNBUFFERED".into(), "1".into()));
         }
     }
+    // Keys first: a run that cannot have them fails before anything starts.
+    let mut keys = if args.keys { Some(Keys::new()?) } else { None };
+    let no_input = match keys {
+        Some(_) => Some(fs::File::open("/dev/null").context("cannot open /dev/null")?),
+        None => None,
+    };
     let setup = launcher::Setup {
+        stdin: no_input.as_ref().map(|null| null.as_raw_fd()),
         user: user.as_ref(),
         env,
         inherit: vec![library.as_raw_fd(), target_end.as_raw_fd()],
@@ -134,8 +142,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let system = LiveSystem::new(probes, session, watcher, stub_socket);
     let mut supervisor = Supervisor::new(system, options, target.pid.as_raw(), root);
 
+    if keys.is_some() {
+        supervisor.report().warn(crate::keys::HELP);
+    }
     let status = loop {
+        let key = async {
+            match keys.as_mut() {
+                Some(keys) => keys.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            key = key => {
+                match key.context("reading the terminal")? {
+                    Key::Quit => break supervisor.exit_status(libc::SIGINT),
+                    Key::Help => supervisor.report().warn(crate::keys::HELP),
+                    Key::Resume => supervisor.resume_latest()?,
+                    Key::Restart => supervisor.restart_now("key R"),
+                }
+            }
             ready = registrations.readable() => {
                 ready.context("reading the stub socket")?;
                 on_registrations(&mut supervisor, &registrations)?;
@@ -154,25 +179,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
             event = supervisor.system.watcher.next_event() => {
                 supervisor.on_watch_event(event?)?;
-                if let Some(restart) = supervisor.take_restart() {
-                    supervisor.stop_for_restart(
-                        &restart,
-                        root,
-                        args.stop_signal,
-                        args.stop_timeout.0,
-                    )?;
-                    reap_now();
-                    // What the stopped run opened last names its processes.
-                    events.drain(|_| {});
-                    let system = &mut supervisor.system;
-                    let session = &system.session;
-                    target = Target::launch(&mut system.probes, &args.program.argv, &setup, |pid| {
-                        session
-                            .add_process(root, pid.as_raw())
-                            .context("cannot move the program into its cgroup")
-                    })?;
-                    supervisor.restarted(target.pid.as_raw(), root);
-                }
             }
             _ = signals.child.recv() => {
                 // As above: its last words first.
@@ -186,6 +192,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             _ = signals.interrupt.recv() => break supervisor.exit_status(libc::SIGINT),
             _ = signals.terminate.recv() => break supervisor.exit_status(libc::SIGTERM),
             _ = signals.hangup.recv() => break supervisor.exit_status(libc::SIGHUP),
+        }
+        if let Some(restart) = supervisor.take_restart() {
+            supervisor.stop_for_restart(&restart, root, args.stop_signal, args.stop_timeout.0)?;
+            reap_now();
+            // What the stopped run opened last names its processes.
+            events.drain(|_| {});
+            let system = &mut supervisor.system;
+            let session = &system.session;
+            target = Target::launch(&mut system.probes, &args.program.argv, &setup, |pid| {
+                session
+                    .add_process(root, pid.as_raw())
+                    .context("cannot move the program into its cgroup")
+            })?;
+            supervisor.restarted(target.pid.as_raw(), root);
         }
     };
     let program = supervisor.program_group();

@@ -46,6 +46,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
     };
     let mut signals = Signals::new()?;
     let setup = launcher::Setup {
+        stdin: None,
         user: user.as_ref(),
         ..Default::default()
     };

@@ -298,3 +298,126 @@ fn the_status_line_says_what_a_resume_skipped() {
         .unwrap_or_else(|| panic!("no seconds skipped in {line:?}"));
     assert!(skipped >= 1.0, "a 1 s start-up skipped only {skipped} s");
 }
+
+/// `forkmon run OPTIONS -- PROGRAM` on a terminal (`script`'s pty), keys
+/// typed on it with [`Process::send`]; all output on stdout.
+fn on_a_terminal(dir: &Path, options: &str, program: &str) -> tests::process::Process {
+    let mut cmd = Command::new("script");
+    cmd.current_dir(dir)
+        .arg("-qec")
+        .arg(format!(
+            "{} run --no-color {options} -- {program}",
+            support::forkmon_bin().display()
+        ))
+        .arg("/dev/null");
+    let setup = tests::process::Setup {
+        stdin: true,
+        kill_on_drop: true,
+        ..Default::default()
+    };
+    tests::process::Process::start("forkmon on a terminal", cmd, setup).unwrap()
+}
+
+/// Waits until stdout holds `needle` `times` times.
+fn wait_for(process: &tests::process::Process, needle: &str, times: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    process
+        .wait_output(needle, deadline, |out, _| {
+            out.matches(needle).count() >= times
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn keys_resume_restart_and_quit_without_an_edit() {
+    if !bpf_available("keys_resume_restart_and_quit_without_an_edit") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("main.lua"), "print('startup')\ndofile('part.lua')\n").unwrap();
+    fs::write(d.join("part.lua"), "print('part')\n").unwrap();
+    let mut forkmon = on_a_terminal(d, "--keys --filter part.lua", "lua5.4 main.lua");
+    wait_for(&forkmon, "waiting for changes..", 1);
+    forkmon.send(b"r").unwrap();
+    wait_for(&forkmon, "(key r)", 1);
+    wait_for(&forkmon, "part", 2);
+    assert_eq!(
+        forkmon.stdout().matches("startup").count(),
+        1,
+        "resumed, not restarted"
+    );
+    wait_for(&forkmon, "waiting for changes..", 2);
+    forkmon.send(b"R").unwrap();
+    wait_for(&forkmon, "restarting (key R)", 1);
+    wait_for(&forkmon, "startup", 2);
+    wait_for(&forkmon, "waiting for changes..", 3);
+    forkmon.send(b"q").unwrap();
+    let status = forkmon.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{}", forkmon.stdout());
+}
+
+#[test]
+fn clear_clears_the_screen_before_a_resume() {
+    if !bpf_available("clear_clears_the_screen_before_a_resume") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("main.lua"), "dofile('part.lua')\n").unwrap();
+    fs::write(d.join("part.lua"), "print('part 1')\n").unwrap();
+    let forkmon = Forkmon::start(
+        d,
+        &["--clear", "--filter", "part.lua"],
+        &["lua5.4", "main.lua"],
+    );
+    forkmon.wait_stdout("part 1", 1);
+    forkmon.wait_stderr("waiting for changes..", 1);
+    assert!(
+        !forkmon.stderr().contains('\x1b'),
+        "not before the first run"
+    );
+    save(&d.join("part.lua"), "print('part 2')\n");
+    forkmon.wait_stdout("part 2", 1);
+    let err = forkmon.stderr();
+    let clear = err.find("\x1b[H\x1b[2J").expect("the screen cleared");
+    assert!(clear < err.find("changed, resuming").unwrap(), "{err:?}");
+}
+
+#[test]
+fn files_the_projects_ignore_files_leave_out_are_no_checkpoints() {
+    if !bpf_available("files_the_projects_ignore_files_leave_out_are_no_checkpoints") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::create_dir_all(d.join(".git")).unwrap();
+    fs::create_dir_all(d.join("generated")).unwrap();
+    fs::write(d.join(".gitignore"), "generated/\n").unwrap();
+    fs::write(d.join("generated/table.lua"), "return 1\n").unwrap();
+    fs::write(d.join("part.lua"), "print('part')\n").unwrap();
+    fs::write(
+        d.join("main.lua"),
+        "dofile('generated/table.lua')\ndofile('part.lua')\n",
+    )
+    .unwrap();
+    let forkmon = Forkmon::start(d, &[], &["lua5.4", "main.lua"]);
+    forkmon.wait_stderr("waiting for changes..", 1);
+    let err = forkmon.stderr();
+    assert!(
+        err.contains(&format!("watch '{}'", d.join("part.lua").display())),
+        "{err}"
+    );
+    assert!(
+        !err.contains("generated"),
+        "an ignored file was checkpointed:\n{err}"
+    );
+    // Nor watched: its change does nothing.
+    save(&d.join("generated/table.lua"), "return 2\n");
+    thread::sleep(Duration::from_millis(600));
+    assert!(
+        !forkmon.stderr().contains("changed"),
+        "{}",
+        forkmon.stderr()
+    );
+}

@@ -316,7 +316,8 @@ struct ReadFile {
 /// caller, which launches the program (see [`Supervisor::take_restart`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
-    pub file: PathBuf,
+    /// The file that changed, if a change asked for it.
+    pub file: Option<PathBuf>,
     pub why: String,
 }
 
@@ -385,6 +386,8 @@ pub struct Supervisor<S: System> {
     resuming: Option<Instant>,
     /// The changed file that stopped the program, until that is said.
     trigger: Option<PathBuf>,
+    /// …or a key did (`--keys`).
+    by_key: bool,
 }
 
 pub struct Options {
@@ -429,6 +432,7 @@ impl<S: System> Supervisor<S> {
             run_clock: (Instant::now(), Duration::ZERO),
             resuming: None,
             trigger: None,
+            by_key: false,
         }
     }
 
@@ -1118,10 +1122,43 @@ impl<S: System> Supervisor<S> {
                 .get(file)
                 .filter(|read| read.resume_at.is_none())?;
             Some(Restart {
-                file: file.clone(),
+                file: Some(file.clone()),
                 why: read.why.clone(),
             })
         })
+    }
+
+    /// `--keys`' r: resume from the latest checkpoint without an edit, or
+    /// restart when there is none.
+    pub fn resume_latest(&mut self) -> anyhow::Result<()> {
+        let latest = match self.program {
+            Program::Stopped(stop) => Some(stop.at),
+            _ => self.chain.len().checked_sub(1),
+        };
+        match latest {
+            Some(index) => {
+                self.trigger = None;
+                self.by_key = true;
+                self.resume_from(index)
+            }
+            None => {
+                self.restart_now("no checkpoint to resume from");
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks for a restart from scratch, `why` (`--keys`' R).
+    pub fn restart_now(&mut self, why: &str) {
+        self.restart = Some(Restart {
+            file: None,
+            why: why.to_string(),
+        });
+    }
+
+    /// What forkmon says, for the caller's own lines.
+    pub fn report(&self) -> &Reporter {
+        &self.report
     }
 
     /// The restart a change asked for, to be carried out now: stop the
@@ -1144,7 +1181,8 @@ impl<S: System> Supervisor<S> {
         grace: Duration,
     ) -> anyhow::Result<()> {
         self.restart = None;
-        self.report.restarting(&restart.file, &restart.why);
+        self.report
+            .restarting(restart.file.as_deref(), &restart.why);
         // The checkpoints and standbys wait frozen in their stubs: a signal
         // would run the program's handler there. Their children die with
         // them (PR_SET_PDEATHSIG), so they go last.
@@ -1275,10 +1313,17 @@ impl<S: System> Supervisor<S> {
         let checkpoint = &self.chain[stop.at];
         self.report.clear_screen();
         let trigger = self.trigger.take();
-        self.report.changed(
-            trigger.as_deref().unwrap_or(&checkpoint.file),
-            &checkpoint.file,
-        );
+        if std::mem::take(&mut self.by_key) {
+            self.report.warn(&format!(
+                "resuming from '{}' (key r)..",
+                escape_path(&checkpoint.file)
+            ));
+        } else {
+            self.report.changed(
+                trigger.as_deref().unwrap_or(&checkpoint.file),
+                &checkpoint.file,
+            );
+        }
         for group in [&mut stop.running, &mut stop.below] {
             if let Some(g) = *group
                 && self.system.wait_empty(g, Duration::ZERO).unwrap_or(false)
