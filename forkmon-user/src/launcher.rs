@@ -239,9 +239,7 @@ pub fn spawn_paused(argv: &[OsString], setup: &Setup) -> Result<Paused, LaunchEr
             let code = child_exec(
                 &go_read,
                 parent,
-                user,
-                &setup.inherit,
-                setup.stdin,
+                setup,
                 &c_path,
                 &argv_ptrs,
                 &env_ptrs,
@@ -283,9 +281,7 @@ pub fn reown_pages() {
 fn child_exec(
     go: &OwnedFd,
     parent: Pid,
-    user: Option<&TargetUser>,
-    inherit: &[std::os::fd::RawFd],
-    stdin: Option<std::os::fd::RawFd>,
+    setup: &Setup,
     path: &CString,
     argv: &[*const libc::c_char],
     env: &[*const libc::c_char],
@@ -300,7 +296,7 @@ fn child_exec(
             _ => unsafe { libc::_exit(127) },
         }
     }
-    if let Some(user) = user {
+    if let Some(user) = setup.user {
         let dropped = nix::unistd::setgroups(&user.groups)
             .and_then(|()| nix::unistd::setgid(user.gid))
             .and_then(|()| nix::unistd::setuid(user.uid));
@@ -318,10 +314,10 @@ fn child_exec(
         }
         // Rust ignores SIGPIPE; the program expects the default.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        for &fd in inherit {
+        for &fd in &setup.inherit {
             libc::fcntl(fd, libc::F_SETFD, 0);
         }
-        if let Some(fd) = stdin {
+        if let Some(fd) = setup.stdin {
             libc::dup2(fd, 0);
         }
         libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
