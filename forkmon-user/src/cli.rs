@@ -33,11 +33,18 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
                             sudo forkmon run -- lua5.4 main.lua\n  \
                             sudo forkmon --filter '*.py' -- python3 app.py\n  \
-                            sudo FORKMON_FILTER='%.lua$' forkmon -- lua5.4 main.lua\n\n\
+                            sudo FORKMON_FILTER='%.lua$' forkmon -- lua5.4 main.lua\n  \
+                            sudo forkmon -- make            # re-run make when a source changes\n  \
+                            sudo forkmon --restart --stop-signal INT -- node server.js\n  \
+                            sudo forkmon --clear -- python3 app.py\n\n\
                             Without --filter or FORKMON_FILTER, the filter is: regular files \
-                            under the current directory. Only files opened read-only are \
-                            checkpointed. The program keeps running after it finishes, \
-                            waiting for changes; Ctrl-C ends it.")]
+                            under the current directory, but for the environment's and the \
+                            system's directories and what .gitignore/.ignore leave out. Only \
+                            files opened read-only are checkpointed. Every such file the \
+                            program's tree reads is watched: a change resumes from the \
+                            checkpoint it was read below, or restarts the program where none \
+                            serves (threads, a static binary, a subprocess). The program keeps \
+                            running after it finishes, waiting for changes; Ctrl-C ends it.")]
     Run(RunArgs),
     /// Run PROGRAM and print every file its process tree opens, as it happens.
     #[command(after_help = "Examples:\n  \

@@ -236,14 +236,7 @@ pub fn spawn_paused(argv: &[OsString], setup: &Setup) -> Result<Paused, LaunchEr
         ForkResult::Child => {
             drop(go_write);
             drop(err_read);
-            let code = child_exec(
-                &go_read,
-                parent,
-                setup,
-                &c_path,
-                &argv_ptrs,
-                &env_ptrs,
-            );
+            let code = child_exec(&go_read, parent, setup, &c_path, &argv_ptrs, &env_ptrs);
             let _ = nix::unistd::write(&err_write, &code.to_ne_bytes());
             // SAFETY: _exit is async-signal-safe and skips atexit handlers
             // that belong to the parent.

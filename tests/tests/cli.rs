@@ -594,6 +594,32 @@ fn check_python_example(command: &str, main: &str) {
     running.interrupt();
 }
 
+/// `command` on `files` and `edited` (name, before, after), which prints
+/// `value: one`, then `value: two` once `edited` is saved, and says
+/// `line` about it. Returns it running, in its directory.
+fn check_restart_example(
+    command: &str,
+    files: &[(&str, &str)],
+    (edited, before, after): (&str, &str, &str),
+    line: &str,
+) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    for (name, content) in files {
+        std::fs::write(d.join(name), content).unwrap();
+    }
+    std::fs::write(d.join(edited), before).unwrap();
+    let running = Running::start(command, &d);
+    running.wait_for(&["value: one"], &[]);
+    // Watched once the run has read it: let the records arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    save(&d.join(edited), after);
+    running.wait_for(&["value: one", "value: two"], &[]);
+    let stderr = running.stderr.lock().unwrap().clone();
+    assert!(stderr.contains(line), "{line:?} not in:\n{stderr}");
+    (running, dir)
+}
+
 /// Runs `example` (as it runs here) and checks it does what it says.
 fn check_example(example: &str) {
     let command = as_run_here(example);
@@ -655,6 +681,59 @@ fn check_example(example: &str) {
         }
         "sudo forkmon --filter '*.py' -- python3 app.py" => {
             check_python_example(&command, "app.py")
+        }
+        "sudo forkmon --filter '*.lua' -- lua5.4 main.lua" => check_lua_example(&command, ""),
+        "sudo forkmon --clear -- python3 app.py" => {
+            let (running, _dir) = check_restart_example(
+                &command,
+                &[("app.py", "print('start-up')\nimport mod\n")],
+                ("mod.py", "print('value: one')\n", "print('value: two')\n"),
+                "changed, resuming from it..",
+            );
+            let stderr = running.stderr.lock().unwrap().clone();
+            assert!(stderr.contains("\x1b[H\x1b[2J"), "cleared: {stderr:?}");
+            running.interrupt();
+        }
+        "sudo forkmon -- make" => check_restart_example(
+            &command,
+            &[("Makefile", "all:\n\t@cat input.txt\n")],
+            ("input.txt", "value: one\n", "value: two\n"),
+            "restarting (read by cat, pid ",
+        )
+        .0
+        .interrupt(),
+        "sudo forkmon -- node app.js" => check_restart_example(
+            &command,
+            &[(
+                "app.js",
+                "console.log(require('./m.js').value);\nsetInterval(() => {}, 1000);\n",
+            )],
+            (
+                "m.js",
+                "module.exports = { value: 'value: one' };\n",
+                "module.exports = { value: 'value: two' };\n",
+            ),
+            "changed, restarting (node has ",
+        )
+        .0
+        .interrupt(),
+        "sudo forkmon --restart --stop-signal INT -- node server.js" => {
+            let (running, _dir) = check_restart_example(
+                &command,
+                &[(
+                    "server.js",
+                    "process.on('SIGINT', () => { console.log('stopped gently'); process.exit(0); });\n\
+                     console.log(require('./m.js').value);\nsetInterval(() => {}, 1000);\n",
+                )],
+                (
+                    "m.js",
+                    "module.exports = { value: 'value: one' };\n",
+                    "module.exports = { value: 'value: two' };\n",
+                ),
+                "changed, restarting (--restart)",
+            );
+            running.wait_for(&["value: one", "stopped gently", "value: two"], &[]);
+            running.interrupt();
         }
         "sudo forkmon --filter '*.py' -- python3 main.py" => {
             check_python_example(&command, "main.py")
