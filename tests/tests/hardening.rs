@@ -484,3 +484,43 @@ fn a_flood_of_opens_is_traced_whole_or_its_losses_said() {
         "{traced} opens traced, and no loss said: {stderr}"
     );
 }
+
+/// The exec race of issue 15: a checkpoint in a program started by `exec`
+/// was missed at random in the first run (5 of 12). Arming is now only
+/// user space's, on the new image's registration, whose stub waits for
+/// "go" before `main`; disarming is only the kernel's, at the exec itself,
+/// before the new image runs a single instruction — so the order is fixed.
+/// Twenty runs, four at a time, through the two kinds of exec (a shell's,
+/// and env's), each must checkpoint at its first matching open.
+#[test]
+fn a_program_started_by_exec_is_checkpointed_in_its_first_run_every_time() {
+    if !bpf_available("a_program_started_by_exec_is_checkpointed_in_its_first_run_every_time") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(d.join("main.lua"), "dofile('part.lua')\n").unwrap();
+    fs::write(d.join("part.lua"), "print('part')\n").unwrap();
+    let watch = format!("[forkmon] watch '{}'", d.join("part.lua").display());
+    let execs: [&[&str]; 2] = [
+        &["sh", "-c", "exec lua5.4 main.lua"],
+        &["env", "lua5.4", "main.lua"],
+    ];
+    let mut missed = Vec::new();
+    for round in 0..5 {
+        let runs: Vec<Forkmon> = (0..4)
+            .map(|i| Forkmon::start(d, &["--filter", "part.lua"], execs[(round + i) % 2]))
+            .collect();
+        for forkmon in &runs {
+            forkmon.wait_stderr("waiting for changes..", 1);
+            if !forkmon.stderr().contains(&watch) {
+                missed.push(forkmon.stderr());
+            }
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of 20 runs missed it: {missed:#?}",
+        missed.len()
+    );
+}
