@@ -255,6 +255,17 @@ pub struct RunArgs {
     #[arg(long, env = "FORKMON_KEYS", value_parser = set_means_on, default_value = OFF)]
     pub keys: bool,
 
+    /// At the end, print a table of the run's checkpoints: when each was
+    /// made, its resumes, the start-up each skipped, the time saved.
+    #[arg(long, env = "FORKMON_STATS", value_parser = set_means_on, default_value = OFF)]
+    pub stats: bool,
+
+    /// Write one JSON object per line to FILE (`-`: standard output) for
+    /// each thing forkmon does: watch, change, resume, restart, refusal,
+    /// exit (schema: docs/events.md).
+    #[arg(long, value_name = "FILE", env = "FORKMON_EVENTS")]
+    pub events: Option<PathBuf>,
+
     /// Clear the screen before each resume or restart.
     #[arg(short, long, env = "FORKMON_CLEAR", value_parser = set_means_on, default_value = OFF)]
     pub clear: bool,

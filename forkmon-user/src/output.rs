@@ -11,6 +11,9 @@ use std::{
 use forkmon_common::{OpenRecord, comm_str, open_syscall, path_state};
 use nix::errno::Errno;
 use serde::Serialize;
+use serde_json::json;
+
+use crate::journal::{self, Journal};
 
 /// One open, decoded and resolved, ready to print.
 #[derive(Debug, Serialize)]
@@ -156,6 +159,8 @@ pub struct Reporter {
     /// `--clear`.
     clear: bool,
     sink: RefCell<Box<dyn Write>>,
+    /// `--events`: the same, and more, for programs.
+    journal: Option<Journal>,
 }
 
 impl Reporter {
@@ -170,12 +175,24 @@ impl Reporter {
             color,
             clear: false,
             sink: RefCell::new(sink),
+            journal: None,
         }
     }
 
     /// Clears the screen before each resume or restart (`--clear`).
     pub fn clearing(self, clear: bool) -> Reporter {
         Reporter { clear, ..self }
+    }
+
+    /// Also records each event in `journal` (`--events`).
+    pub fn journaling(self, journal: Option<Journal>) -> Reporter {
+        Reporter { journal, ..self }
+    }
+
+    fn record(&self, event: &str, fields: serde_json::Value) {
+        if let Some(journal) = &self.journal {
+            journal.record(event, fields);
+        }
     }
 
     fn say(&self, text: &str) {
@@ -195,8 +212,32 @@ impl Reporter {
         let _ = self.sink.borrow_mut().write_all(line.as_bytes());
     }
 
+    /// A checkpoint is made at `file`, which is watched from now on.
     pub fn watch(&self, file: &std::path::Path) {
         self.say(&format!("watch '{}'", escape_path(file)));
+        self.record(
+            "watch",
+            json!({ "file": journal::path(file), "checkpoint": true }),
+        );
+    }
+
+    /// `file`, read where no checkpoint was made, is watched: a change
+    /// resumes from an earlier checkpoint, or restarts. Only recorded: on
+    /// the terminal it would drown the program (a compiler reads hundreds).
+    pub fn watch_read(&self, file: &std::path::Path) {
+        self.record(
+            "watch",
+            json!({ "file": journal::path(file), "checkpoint": false }),
+        );
+    }
+
+    /// No checkpoint at `file`, and why (once said on the terminal for the
+    /// whole run, when it is threads).
+    pub fn refused(&self, file: &std::path::Path, why: &str) {
+        self.record(
+            "refusal",
+            json!({ "file": journal::path(file), "reason": why }),
+        );
     }
 
     /// After a resume: what it cost, and what it saved.
@@ -207,6 +248,14 @@ impl Reporter {
             human_duration(took),
             human_duration(skipped)
         ));
+        self.record(
+            "resume",
+            json!({
+                "checkpoint": journal::path(file),
+                "took_ms": journal::round_ms(took),
+                "skipped_ms": journal::round_ms(skipped),
+            }),
+        );
     }
 
     /// Before a restart from scratch: which file, and why no checkpoint
@@ -220,6 +269,10 @@ impl Reporter {
             )),
             None => self.say(&format!("restarting ({why})")),
         }
+        self.record(
+            "restart",
+            json!({ "file": file.map(journal::path), "reason": why }),
+        );
     }
 
     /// `--clear`: the screen cleared before each resume or restart, on the
@@ -234,6 +287,10 @@ impl Reporter {
     /// `file` changed: the program resumes from the checkpoint made at
     /// `checkpoint` (the C forkmon's words when they are the same).
     pub fn changed(&self, file: &std::path::Path, checkpoint: &std::path::Path) {
+        self.record(
+            "change",
+            json!({ "file": journal::path(file), "checkpoint": journal::path(checkpoint) }),
+        );
         if file == checkpoint {
             self.say(&format!(
                 "file '{}' changed, resuming from it..",
@@ -254,6 +311,15 @@ impl Reporter {
             "{}, waiting for changes..",
             describe_wait_status(wait_status)
         ));
+        let (status, signal) = if libc::WIFSIGNALED(wait_status) {
+            (None, Some(libc::WTERMSIG(wait_status)))
+        } else {
+            (Some(libc::WEXITSTATUS(wait_status)), None)
+        };
+        self.record(
+            "exit",
+            json!({ "status": status, "signal": signal, "waiting": true }),
+        );
     }
 
     /// The program ended before any checkpoint: nothing to wait for.
@@ -261,10 +327,15 @@ impl Reporter {
         self.say(&format!(
             "program exited with status {code} before opening any file to watch ({filter})"
         ));
+        self.record(
+            "exit",
+            json!({ "status": code, "signal": null, "waiting": false }),
+        );
     }
 
     pub fn warn(&self, text: &str) {
         self.say(text);
+        self.record("warning", json!({ "message": text }));
     }
 }
 

@@ -28,6 +28,7 @@ use crate::{
     cli::RunArgs,
     events::Events,
     filter::Filter,
+    journal::Journal,
     keys::{Key, Keys},
     launcher::{self, TargetUser},
     loader::Probes,
@@ -43,8 +44,10 @@ static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.s
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let filter = Filter::new(&args.globs, args.lua_patterns(), &cwd)?;
-    let report =
-        Reporter::new(args.quiet, crate::output::stderr_color(args.no_color)).clearing(args.clear);
+    let journal = args.events.as_deref().map(Journal::open).transpose()?;
+    let report = Reporter::new(args.quiet, crate::output::stderr_color(args.no_color))
+        .clearing(args.clear)
+        .journaling(journal);
     let mut probes = Probes::load()?;
     // The supervisor acts only on the files the tree reads that may match:
     // it watches them, and answers the opens the kernel stopped.
@@ -208,6 +211,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             supervisor.restarted(target.pid.as_raw(), root);
         }
     };
+    if args.stats {
+        // Asked for: said even with --quiet.
+        eprint!("{}", supervisor.stats().table());
+    }
     let program = supervisor.program_group();
     let LiveSystem {
         probes,

@@ -539,6 +539,9 @@ fn threaded_process_is_not_checkpointed() {
     let dir = scratch();
     write(dir.path(), "data.txt", "one\n");
     let mut forkmon = Forkmon::start(dir.path(), &[], &[fixture("threads").to_str().unwrap()]);
+    // What it read is watched, for a restart.
+    forkmon.wait_stderr("program exited with status 0, waiting for changes..", 1);
+    forkmon.signal(libc::SIGINT);
     let status = forkmon.wait();
     assert!(status.success(), "{}", forkmon.stderr());
     assert_eq!(forkmon.stdout(), "content=one\n");

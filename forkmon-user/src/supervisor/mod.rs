@@ -36,6 +36,7 @@ use crate::{
     output::{Reporter, escape_path},
     priority::Policy,
     procfs::Thread,
+    stats::Stats,
     watcher::{EVALUATION_LEAD, Identity, WatchError, WatchEvent},
 };
 
@@ -200,6 +201,8 @@ struct Checkpoint<G> {
     unannounced: bool,
     /// How many threads it had at the open.
     threads: usize,
+    /// Its command name, for the lines that name it.
+    comm: String,
     /// The start-up a resume from it skips: from the program's launch to
     /// this open, less the time spent waiting for changes.
     skipped: Duration,
@@ -388,6 +391,7 @@ pub struct Supervisor<S: System> {
     trigger: Option<PathBuf>,
     /// …or a key did (`--keys`).
     by_key: bool,
+    stats: Stats,
 }
 
 pub struct Options {
@@ -433,7 +437,13 @@ impl<S: System> Supervisor<S> {
             resuming: None,
             trigger: None,
             by_key: false,
+            stats: Stats::default(),
         }
+    }
+
+    /// What each checkpoint did for the run (`--stats`).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// The group of what runs the program, for the final stop.
@@ -582,7 +592,10 @@ impl<S: System> Supervisor<S> {
                 Fork::WithHandlers(threads) => threads,
             },
             skipped: self.run_clock.1 + self.run_clock.0.elapsed(),
+            comm: candidate.reader.comm.clone(),
         });
+        let skipped = self.chain.last().map(|c| c.skipped).unwrap_or_default();
+        self.stats.made(&path, skipped);
         let at = self.chain.len() - 1;
         self.program = Program::Starting { at };
         // Its child goes on at once: armed at the fork, as the eBPF program
@@ -685,6 +698,9 @@ impl<S: System> Supervisor<S> {
         } else {
             self.region_of(pid, &reader.ancestors)
         };
+        if let Some(why) = &why {
+            self.report.refused(path, why);
+        }
         let why = match why {
             _ if self.restart_only => "--restart".to_string(),
             Some(why) => why,
@@ -702,7 +718,7 @@ impl<S: System> Supervisor<S> {
             Some(known) if known.resume_at <= read.resume_at => return,
             Some(_) => {}
             None => match self.system.watch(path, Some(identity)) {
-                Ok(()) => debug!("watching '{}', read by {pid}", path.display()),
+                Ok(()) => self.report.watch_read(path),
                 Err(e) => {
                     self.report.warn(&format!(
                         "{e}; changes to '{}' will go unnoticed",
@@ -907,12 +923,27 @@ impl<S: System> Supervisor<S> {
                 file,
                 group,
                 threads,
+                comm,
                 ..
             } = self.chain.remove(index);
             self.system.unwatch(&file);
             self.cut_chain(index);
             self.program = Program::Running { pid, group };
             self.system.prepare(group);
+            // Its file is still one it read: watched for a resume from the
+            // checkpoint before, or a restart.
+            let reader = Reader {
+                ancestors: self.chain.iter().rev().map(|c| c.pid).collect(),
+                comm: comm.clone(),
+            };
+            let why = if errno == FAILED_THREADS_LEFT {
+                format!("{comm} has {threads} threads")
+            } else {
+                format!("cannot checkpoint {comm}: {error}")
+            };
+            if let Some(identity) = self.system.file(&file) {
+                self.note_read(&file, identity, pid, &reader, Some(why));
+            }
             if errno == FAILED_THREADS_LEFT {
                 // Its fork with handlers left threads the child would lack
                 // (the stub killed that child before it ran).
@@ -966,8 +997,9 @@ impl<S: System> Supervisor<S> {
         let skipped = self.chain[index].skipped;
         self.run_clock = (Instant::now(), skipped);
         if let Some(since) = self.resuming.take() {
-            self.report
-                .resumed(&self.chain[index].file, since.elapsed(), skipped);
+            let file = &self.chain[index].file;
+            self.report.resumed(file, since.elapsed(), skipped);
+            self.stats.resumed(file);
         }
         // The checkpoint reaps and reports this child: at the program's
         // priority, so its exit is known at once.
@@ -1181,6 +1213,7 @@ impl<S: System> Supervisor<S> {
         grace: Duration,
     ) -> anyhow::Result<()> {
         self.restart = None;
+        self.stats.restarted();
         self.report
             .restarting(restart.file.as_deref(), &restart.why);
         // The checkpoints and standbys wait frozen in their stubs: a signal
