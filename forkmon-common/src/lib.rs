@@ -30,6 +30,33 @@ pub mod open_syscall {
     pub const OPEN: u32 = 0;
     pub const OPENAT: u32 = 1;
     pub const OPENAT2: u32 = 2;
+    /// Not an open: `stat`, `lstat`, `newfstatat` or `statx` of a path, in
+    /// `forkmon run` only (`PrefilterConfig::reads_only`). A build tool
+    /// stats the sources it finds up to date without opening them, and
+    /// they are its inputs all the same. Never signalled; `ret` is 0.
+    pub const STAT: u32 = 3;
+}
+
+/// What an open's flags say it does with the file: the kernel signals only
+/// opens that read a file, and `forkmon run` takes those that write one
+/// for the tree's output, never watched.
+pub mod open_flags {
+    const O_ACCMODE: u64 = 0o3;
+    const O_CREAT: u64 = 0o100;
+    const O_TRUNC: u64 = 0o1000;
+    const O_DIRECTORY: u64 = 0o200000;
+    const O_PATH: u64 = 0o10000000;
+
+    /// It may change the file: write access, or created or truncated.
+    pub fn writes(flags: u64) -> bool {
+        flags & O_ACCMODE != 0 || flags & (O_CREAT | O_TRUNC) != 0
+    }
+
+    /// It reads a file and nothing more (not a directory, not a mere
+    /// handle).
+    pub fn reads_a_file(flags: u64) -> bool {
+        !writes(flags) && flags & (O_DIRECTORY | O_PATH) == 0
+    }
 }
 
 /// Bits of [`OpenRecord::path_state`].

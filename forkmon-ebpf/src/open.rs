@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use forkmon_common::{
-    OpenRecord, PATH_MAX, armed, open_syscall, path_state, record_kind, stat, stub,
+    OpenRecord, PATH_MAX, armed, open_flags, open_syscall, path_state, record_kind, stat, stub,
 };
 
 use crate::{
@@ -37,6 +37,12 @@ const NR_OPENAT: u64 = 257;
 const NR_OPENAT2: u64 = 437;
 const NR_CHDIR: u64 = 80;
 const NR_FCHDIR: u64 = 81;
+const NR_STAT: u64 = 4;
+const NR_LSTAT: u64 = 6;
+const NR_NEWFSTATAT: u64 = 262;
+const NR_STATX: u64 = 332;
+/// `fstat(fd)` is `newfstatat(fd, "", …, AT_EMPTY_PATH)`: no path to see.
+const AT_EMPTY_PATH: u64 = 0x1000;
 /// `__USER_CS`: the code segment of a 64-bit caller. 32-bit callers number
 /// their syscalls differently and are not followed.
 const USER64_CS: u64 = 0x33;
@@ -64,7 +70,8 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let regs: &pt_regs = unsafe { &*ctx.arg::<*const pt_regs>(0) };
     // Every syscall of every process passes here: test the number first.
     let nr = regs.orig_rax;
-    if nr != NR_OPEN && nr != NR_OPENAT && nr != NR_OPENAT2 {
+    let is_stat = nr == NR_STAT || nr == NR_LSTAT || nr == NR_NEWFSTATAT || nr == NR_STATX;
+    if nr != NR_OPEN && nr != NR_OPENAT && nr != NR_OPENAT2 && !is_stat {
         if nr == NR_CHDIR || nr == NR_FCHDIR {
             // User space resolves relative paths against the cwd it knows,
             // and reads it again only after this.
@@ -80,7 +87,31 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if !is_tracked(tgid) || regs.cs != USER64_CS {
         return Ok(());
     }
+    if is_stat && !reads_only() {
+        return Ok(()); // `forkmon trace` lists opens only
+    }
     let call = match nr {
+        NR_STAT | NR_LSTAT => OpenCall {
+            syscall: open_syscall::STAT,
+            dirfd: AT_FDCWD,
+            path: regs.rdi,
+            flags: 0,
+            mode: 0,
+        },
+        NR_NEWFSTATAT | NR_STATX => {
+            // The flags: r10 for newfstatat, rdx for statx.
+            let flags = if nr == NR_STATX { regs.rdx } else { regs.r10 };
+            if flags & AT_EMPTY_PATH != 0 {
+                return Ok(());
+            }
+            OpenCall {
+                syscall: open_syscall::STAT,
+                dirfd: regs.rdi as i32,
+                path: regs.rsi,
+                flags: 0,
+                mode: 0,
+            }
+        }
         NR_OPEN => OpenCall {
             syscall: open_syscall::OPEN,
             dirfd: AT_FDCWD,
@@ -125,11 +156,12 @@ struct OpenHow {
 fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
     let tgid = (pid_tgid >> 32) as u32;
     // Only a read-only open may be watched, and become a checkpoint if its
-    // process is armed; the cheap tests come first.
-    let readable = ret >= 0 && is_checkpointable(call.flags);
+    // process is armed; a writing one tells `forkmon run` a file is the
+    // tree's output, never to be watched. The cheap tests come first.
+    let opened = ret >= 0 && call.flags & stub::REOPEN_MARK == 0;
     let report_all = !reads_only();
-    if !readable && !report_all {
-        return; // `forkmon run` reads only the files read
+    if !opened && !report_all {
+        return; // `forkmon run` reads only the files opened
     }
     // The path goes to a per-CPU scratch buffer first: the others then cost
     // no ring buffer record.
@@ -142,7 +174,7 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
         unsafe { (&mut *scratch, read_path(call.path, (*scratch).as_mut_ptr())) };
     // The prefilter, shared with user space's tests (forkmon-common): opens
     // that cannot match cost no signal and no round trip.
-    let may_match = readable
+    let may_match = opened
         && state == 0
         && PREFILTER
             .get(0)
@@ -175,7 +207,11 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
         (*record).path_state = state;
         // Only a submitted record tells forkmon a stub is waiting, so the
         // signal is sent only once the record is certain to arrive.
-        may_match && is_armed(tgid) && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
+        may_match
+            && call.syscall != open_syscall::STAT
+            && is_checkpointable(call.flags)
+            && is_armed(tgid)
+            && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
     };
     if signalled {
         // SAFETY: as above.
@@ -193,15 +229,8 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
 /// Only read-only opens of files may become checkpoints: re-opening a file
 /// the program writes would corrupt it.
 fn is_checkpointable(flags: u64) -> bool {
-    if flags & stub::REOPEN_MARK != 0 {
-        return false; // the stub's own re-open in a resumed child
-    }
-    const O_ACCMODE: u64 = 0o3;
-    const O_CREAT: u64 = 0o100;
-    const O_TRUNC: u64 = 0o1000;
-    const O_DIRECTORY: u64 = 0o200000;
-    const O_PATH: u64 = 0o10000000;
-    flags & O_ACCMODE == 0 && flags & (O_CREAT | O_TRUNC | O_DIRECTORY | O_PATH) == 0
+    // Not the stub's own re-open in a resumed child.
+    flags & stub::REOPEN_MARK == 0 && open_flags::reads_a_file(flags)
 }
 
 /// Copies the NUL-terminated user string at `src` into the PATH_MAX bytes at

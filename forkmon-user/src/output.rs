@@ -86,7 +86,8 @@ impl OpenLine {
             syscall: match record.syscall {
                 open_syscall::OPEN => "open",
                 open_syscall::OPENAT => "openat",
-                _ => "openat2",
+                open_syscall::OPENAT2 => "openat2",
+                _ => "stat",
             },
             fd,
             error,

@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use forkmon_common::{OpenRecord, path_state};
+use forkmon_common::{OpenRecord, open_syscall, path_state};
 
 use crate::filter::absolute_lexical;
 
@@ -73,7 +73,8 @@ impl PathResolver {
             self.base_dir(pid, record.dirfd)
                 .map(|base| absolute_lexical(&base, path))
         };
-        if let (Some(abs), Ok(fd)) = (&resolved, i32::try_from(record.ret)) {
+        let opened = record.syscall != open_syscall::STAT;
+        if let (Some(abs), Ok(fd), true) = (&resolved, i32::try_from(record.ret), opened) {
             self.processes
                 .entry(pid)
                 .or_default()

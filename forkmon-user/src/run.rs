@@ -11,7 +11,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use forkmon_common::{OpenRecord, PrefilterConfig, Record, record_kind, stub};
+use forkmon_common::{
+    OpenRecord, PrefilterConfig, Record, open_flags, open_syscall, record_kind, stub,
+};
 use log::debug;
 use nix::{
     sys::{
@@ -284,12 +286,14 @@ fn on_record(
                     path,
                     reader,
                 })?;
-            } else {
+            } else if open.syscall == open_syscall::STAT || open_flags::reads_a_file(open.flags) {
                 supervisor.on_read(ReadOpen {
                     pid: open.tgid as i32,
                     path,
                     reader,
                 });
+            } else if let (true, Some(path)) = (open_flags::writes(open.flags), path) {
+                supervisor.on_write(&path);
             }
         }
     }

@@ -698,7 +698,7 @@ fn check_example(example: &str) {
             &command,
             &[("Makefile", "all:\n\t@cat input.txt\n")],
             ("input.txt", "value: one\n", "value: two\n"),
-            "restarting (read by cat, pid ",
+            "changed, resuming from '",
         )
         .0
         .interrupt(),

@@ -181,14 +181,25 @@ fn a_program_whose_thread_no_handler_stops_is_refused_and_runs_to_its_end() {
             Forkmon::start_with(d, &["--filter", "mod.py"], &["python3", "main.py"], |cmd| {
                 as_users_run_it(cmd);
             });
+        // mod.py is watched for a restart: forkmon waits for changes.
+        forkmon.wait_stderr("program exited with status 0, waiting for changes..", 1);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        support::save(&d.join("mod.py"), "VALUE = 'two'\n");
+        forkmon.wait_stdout("value: two", 1);
+        forkmon.wait_stderr("waiting for changes..", 2);
+        forkmon.signal(libc::SIGINT);
         let status = forkmon.wait();
         let (out, err) = (forkmon.stdout(), forkmon.stderr());
         assert!(status.success(), "{what}: {status:?}\n{err}");
-        assert_eq!(out, "value: one\n", "{what}: {err}");
+        assert_eq!(out, "value: one\nvalue: two\n", "{what}: {err}");
         assert_eq!(
             err.matches("threads: not checkpointing").count(),
             1,
             "{what}: one line says why\n{err}"
+        );
+        assert!(
+            err.contains("changed, restarting (python3 has "),
+            "{what}: {err}"
         );
         assert!(!err.contains("watch '"), "{what}: {err}");
         assert!(

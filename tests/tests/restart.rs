@@ -421,3 +421,43 @@ fn files_the_projects_ignore_files_leave_out_are_no_checkpoints() {
         forkmon.stderr()
     );
 }
+
+#[test]
+fn make_up_to_date_watches_the_sources_it_only_stats_and_not_what_it_builds() {
+    if !bpf_available("make_up_to_date_watches_the_sources_it_only_stats_and_not_what_it_builds") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(
+        d.join("Makefile"),
+        "run: hello\n\t@./hello\nhello: hello.c\n\tcc -o hello hello.c\n",
+    )
+    .unwrap();
+    let source = |n: u32| {
+        format!("#include <stdio.h>\nint main(void) {{ puts(\"build {n}\"); return 0; }}\n")
+    };
+    fs::write(d.join("hello.c"), source(1)).unwrap();
+    // Built before: make only stats hello.c and hello.
+    let built = Command::new("make")
+        .arg("-s")
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let forkmon = Forkmon::start(d, &[], &["make", "--no-print-directory"]);
+    forkmon.wait_stdout("build 1", 1);
+    forkmon.wait_stderr("waiting for changes..", 1);
+    thread::sleep(Duration::from_millis(300));
+    save(&d.join("hello.c"), &source(2));
+    forkmon.wait_stdout("build 2", 1);
+    forkmon.wait_stderr("waiting for changes..", 2);
+    // Writing `hello` (which make stats) must not start it again.
+    thread::sleep(Duration::from_millis(800));
+    let err = forkmon.stderr();
+    assert_eq!(err.matches("changed").count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("file '{}' changed", d.join("hello.c").display())),
+        "{err}"
+    );
+}

@@ -374,6 +374,8 @@ pub struct Supervisor<S: System> {
     registered: HashSet<i32>,
     /// Files read that are no checkpoint (see [`ReadFile`]).
     read: HashMap<PathBuf, ReadFile>,
+    /// Files the tree wrote (see [`Self::on_write`]).
+    outputs: HashSet<PathBuf>,
     /// `--restart`: no checkpoint at all; every change restarts.
     restart_only: bool,
     /// A restart a change asked for, until the caller carries it out.
@@ -430,6 +432,7 @@ impl<S: System> Supervisor<S> {
             unregistered: HashMap::new(),
             registered: HashSet::new(),
             read: HashMap::new(),
+            outputs: HashSet::new(),
             restart_only: options.restart_only,
             restart: None,
             stubbed: false,
@@ -598,6 +601,10 @@ impl<S: System> Supervisor<S> {
         self.stats.made(&path, skipped);
         let at = self.chain.len() - 1;
         self.program = Program::Starting { at };
+        // A file with a checkpoint resumes from it, whoever looked at it
+        // before (a stat to check a cache's date, a test runner's
+        // collection).
+        self.read.remove(&path);
         // Its child goes on at once: armed at the fork, as the eBPF program
         // set when it signalled this open. The stub may have forked it
         // already, before this verdict.
@@ -672,7 +679,10 @@ impl<S: System> Supervisor<S> {
         // A bytecode cache stands for its source, as for a checkpoint.
         let path =
             crate::python::source_of_cache(&path, self.pycache_prefix.as_deref()).unwrap_or(path);
-        if !self.filter.matches(&path) || self.chain.iter().any(|c| c.file == path) {
+        if !self.filter.matches(&path)
+            || self.chain.iter().any(|c| c.file == path)
+            || self.outputs.contains(&path)
+        {
             return;
         }
         // What the path names now: the process did not wait, and its fd
@@ -681,6 +691,19 @@ impl<S: System> Supervisor<S> {
             return;
         };
         self.note_read(&path, identity, open.pid, &open.reader, None);
+    }
+
+    /// The tree opened `path` to write it: it is the program's output (a
+    /// build's binary, a log), not its input — never watched as a file it
+    /// read, or the program would restart itself by running.
+    pub fn on_write(&mut self, path: &Path) {
+        if !self.outputs.insert(path.to_path_buf()) {
+            return;
+        }
+        if self.read.remove(path).is_some() && !self.chain.iter().any(|c| c.file == path) {
+            debug!("'{}' is written by the tree: not watched", path.display());
+            self.system.unwatch(path);
+        }
     }
 
     /// Watches `path`, read by `pid`, as a file that is no checkpoint:
@@ -698,6 +721,7 @@ impl<S: System> Supervisor<S> {
         } else {
             self.region_of(pid, &reader.ancestors)
         };
+        let refused = why.is_some();
         if let Some(why) = &why {
             self.report.refused(path, why);
         }
@@ -713,9 +737,16 @@ impl<S: System> Supervisor<S> {
             None => format!("read by {}, pid {pid}, a subprocess", reader.comm),
         };
         let read = ReadFile { resume_at, why };
-        match self.read.get(path) {
-            // The earliest reader decides: None (a restart) first.
-            Some(known) if known.resume_at <= read.resume_at => return,
+        match self.read.get_mut(path) {
+            // The earliest reader decides: None (a restart) first; the
+            // reason a checkpoint was refused tells more than a look.
+            Some(known) if known.resume_at < read.resume_at => return,
+            Some(known) if known.resume_at == read.resume_at => {
+                if refused {
+                    known.why = read.why;
+                }
+                return;
+            }
             Some(_) => {}
             None => match self.system.watch(path, Some(identity)) {
                 Ok(()) => self.report.watch_read(path),
@@ -868,6 +899,9 @@ impl<S: System> Supervisor<S> {
         };
         self.system.connect(pid, eventfd, theirs);
         self.registered.insert(pid);
+        // Forked by the stub before the checkpoint's start-up was read, it
+        // may be in it: it is no start-up of the program's.
+        self.chain[index].startup.retain(|&p| p != pid);
         let stale = matches!(self.chain[index].next, Next::Forking { stale: true });
         self.chain[index].next = Next::Nothing;
         let starting = self.program == Program::Starting { at: index };
@@ -1088,13 +1122,18 @@ impl<S: System> Supervisor<S> {
     /// starting before the editor is done.
     pub fn on_watch_event(&mut self, event: WatchEvent) -> anyhow::Result<()> {
         match event {
-            WatchEvent::Touched(files) => match self.earliest_of(&files) {
-                Some(index) => {
-                    self.note_trigger(&files, index);
-                    self.stop_below(index)
+            // Only a checkpoint's own file stops the program before the
+            // delay: a file it merely read may be its own output, which a
+            // writing open (arriving meanwhile) rules out.
+            WatchEvent::Touched(files) => {
+                match self.chain.iter().position(|c| files.contains(&c.file)) {
+                    Some(index) => {
+                        self.note_trigger(&files, index);
+                        self.stop_below(index)
+                    }
+                    None => Ok(()),
                 }
-                None => Ok(()),
-            },
+            }
             WatchEvent::Imminent => self.prime_resume(Due::Soon),
             WatchEvent::Changed(files) => {
                 if let Some(restart) = self.restart_for(&files) {

@@ -1110,3 +1110,58 @@ fn a_program_that_read_nothing_it_could_watch_ends_the_run() {
     let mut s = supervisor();
     assert_eq!(s.on_target_exit(3), Some(Ended::Exited(3)));
 }
+
+#[test]
+fn a_file_the_tree_writes_is_its_output_and_never_watched() {
+    let mut s = supervisor();
+    s.reads(TARGET, "hello");
+    s.take_did();
+    s.on_write(Path::new("/w/hello"));
+    assert_eq!(s.take_did(), [Did::Unwatched("/w/hello".into())]);
+    s.reads(TARGET, "hello");
+    assert!(s.take_did().is_empty(), "not watched again");
+    s.changed("hello");
+    assert_eq!(s.take_restart(), None);
+}
+
+#[test]
+fn a_look_at_a_file_just_before_its_checkpoint_is_part_of_it() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    // Python stats mod.py, then opens it: the change resumes from mod.py's
+    // own checkpoint, not from a.txt's.
+    s.reads(101, "mod.py");
+    s.opens(101, "mod.py");
+    s.forks(101, 102, false);
+    s.take_did();
+    s.changed("mod.py");
+    let did = s.take_did();
+    assert!(did.contains(&Did::KilledNow(2)), "{did:?}");
+    assert!(
+        !did.contains(&Did::KilledNow(1)) && s.chain.len() == 2,
+        "only what ran below mod.py's checkpoint is stopped: {did:?}"
+    );
+}
+
+#[test]
+fn the_checkpoints_own_child_is_no_start_up_even_if_forked_before_the_verdict() {
+    let mut s = supervisor();
+    // The stub forked before the verdict: the child is in the group when
+    // the start-up is read.
+    spawns(&mut s, TARGET, 101);
+    s.opens(TARGET, "a.txt");
+    s.message(
+        101,
+        StubMessage::Child {
+            pid: 101,
+            checkpoint: TARGET,
+            fd: 3,
+            waits: false,
+            eventfd: 6,
+        },
+    );
+    s.reads(101, "data");
+    s.changed("data");
+    assert_eq!(s.take_restart(), None, "a resume from a.txt reads it again");
+}
