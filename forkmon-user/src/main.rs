@@ -14,6 +14,7 @@ mod output;
 mod paths;
 mod priority;
 mod procfs;
+mod profile;
 mod python;
 mod run;
 mod supervisor;
@@ -76,6 +77,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::trace(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Profile(args) => profile::profile(args).await,
             Command::Completions { shell } => print(&cli::completions(shell)),
             Command::Man { subcommand } => print(&cli::man(subcommand.as_deref())?),
         }
