@@ -153,6 +153,16 @@ pub struct Process {
     pub opens: u32,
     /// When its stub first registered.
     pub stub_ms: Option<f64>,
+    /// The programs it ran, from each exec on (known by the loader's
+    /// open of the stub, so not for a statically linked one).
+    pub execs: Vec<Exec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Exec {
+    pub ms: f64,
+    /// The name of what it ran (its first open's `comm` after the exec).
+    pub comm: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -490,6 +500,24 @@ fn processes(run: &Collected, opens: &[OpenEvent], stub: &StubTimes) -> Vec<Proc
             stub_ms: stub
                 .first_registration(p.pid)
                 .map(|at| ms(at, run.start_ns)),
+            execs: execs(run, p),
+        })
+        .collect()
+}
+
+/// `process`'s execs: each new image's loader opens the stub first.
+fn execs(run: &Collected, process: &super::collect::Process) -> Vec<Exec> {
+    let alive = |at: u64| at >= process.start_ns && process.end_ns.is_none_or(|end| at <= end);
+    run.stub_loads
+        .iter()
+        .filter(|&&(pid, at)| pid == process.pid && alive(at))
+        .map(|&(_, at)| Exec {
+            ms: ms(at, run.start_ns),
+            comm: run
+                .opens
+                .iter()
+                .find(|open| open.pid == process.pid && open.ts_ns >= at)
+                .map_or_else(|| process.comm.clone(), |open| open.comm.clone()),
         })
         .collect()
 }
@@ -697,6 +725,14 @@ fn escape_glob_aware(pattern: &str) -> String {
         Some(ext) => format!("*.{}", escape_glob(ext)),
         None => escape_glob(pattern),
     }
+}
+
+/// `argv` as one would type it.
+pub fn command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|word| shell_word(word))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `word` as a POSIX shell reads it back: bare when safe, else in single
@@ -1080,6 +1116,14 @@ pub(super) mod tests {
         assert!(profile.processes[0].program && !profile.processes[1].program);
         assert_eq!(profile.processes[0].opens, 3);
         assert_eq!(profile.processes[0].stub_ms, Some(1.0));
+        assert_eq!(
+            profile.processes[0].execs,
+            [Exec {
+                ms: 0.5,
+                comm: "python3".into()
+            }]
+        );
+        assert!(profile.processes[1].execs.is_empty());
         assert_eq!(profile.processes[1].start_ms, 50.0);
         assert_eq!(profile.filter, "*.lua");
     }

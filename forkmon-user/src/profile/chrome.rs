@@ -10,7 +10,7 @@
 //! checkpoints: the time a resume from there saves.
 use serde_json::{Value, json};
 
-use super::analysis::{Origin, Possible, Profile};
+use super::analysis::{Origin, Possible, Profile, command_line};
 
 /// The synthetic thread id of the "start-up skipped" track: above any
 /// real tid (`pid_max` is at most 2^22).
@@ -43,6 +43,12 @@ pub fn render(profile: &Profile) -> String {
             "args": {"pid": process.pid, "parent": process.parent, "opens": process.opens,
                      "program": process.program, "stub_registered_ms": process.stub_ms},
         }));
+        for exec in &process.execs {
+            events.push(json!({
+                "ph": "i", "s": "p", "name": format!("exec {}", exec.comm), "cat": "exec",
+                "pid": process.pid, "tid": process.pid, "ts": us(exec.ms),
+            }));
+        }
     }
     // The open where each file's checkpoint would be made: its first
     // possible one.
@@ -109,7 +115,7 @@ pub fn render(profile: &Profile) -> String {
     let trace = json!({
         "traceEvents": events,
         "displayTimeUnit": "ms",
-        "otherData": {"command": profile.command.join(" "),
+        "otherData": {"command": command_line(&profile.command),
                       "generator": concat!("forkmon ", env!("CARGO_PKG_VERSION"))},
     });
     serde_json::to_string(&trace).expect("a trace always serializes")
@@ -141,8 +147,11 @@ mod tests {
             (spans[1]["ts"].as_f64(), spans[1]["dur"].as_f64()),
             (Some(50_000.0), Some(10_000.0))
         );
-        let instants = of("i");
+        let (execs, instants): (Vec<_>, Vec<_>) =
+            of("i").into_iter().partition(|e| e["cat"] == "exec");
         assert_eq!(instants.len(), 4);
+        assert_eq!(execs.len(), 1);
+        assert_eq!(execs[0]["name"], "exec python3");
         let cats: Vec<&str> = instants
             .iter()
             .map(|e| e["cat"].as_str().unwrap())

@@ -47,6 +47,7 @@ mod tests {
             (&profile, &schema),
             (&profile["summary"], &defs["summary"]),
             (&profile["processes"][0], &defs["process"]),
+            (&profile["processes"][0]["execs"][0], &defs["exec"]),
             (&profile["opens"][0], &defs["open"]),
             (&profile["summary"]["best_checkpoints"][0], &defs["best"]),
             (&profile["summary"]["suggested_filter"], &defs["suggestion"]),

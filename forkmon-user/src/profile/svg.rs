@@ -12,7 +12,7 @@
 //! Every mark has a `<title>`, which a browser shows on hover.
 use std::fmt::Write as _;
 
-use super::analysis::{File, Origin, Possible, Process, Profile};
+use super::analysis::{File, Origin, Possible, Process, Profile, Why, command_line};
 use crate::output::escape;
 
 const WIDTH: f64 = 1200.0;
@@ -22,7 +22,9 @@ const RIGHT: f64 = 30.0;
 const PLOT: f64 = WIDTH - LABEL - RIGHT;
 const LANE: f64 = 18.0;
 /// The program's own lane: most opens are its.
-const PROGRAM_LANE: f64 = 30.0;
+const PROGRAM_LANE: f64 = 34.0;
+/// The top of the program's lane, for exec names.
+const EXEC_BAND: f64 = 11.0;
 const MAX_LANES: usize = 24;
 const BAR: f64 = 15.0;
 /// Most rows of start-up bars.
@@ -168,7 +170,7 @@ pub fn render(profile: &Profile) -> String {
     let _ = writeln!(
         body,
         r#"<text x="12" y="{y}" font-size="17" font-weight="bold">forkmon profile: {}</text>"#,
-        text(&profile.command.join(" "))
+        text(&command_line(&profile.command))
     );
     y += 20.0;
     let s = &profile.summary;
@@ -245,7 +247,13 @@ pub fn render(profile: &Profile) -> String {
                 end,
                 process.opens
             );
-            lane_of.insert(process.pid, (y, lane.height));
+            // The program's lane keeps a band at its top for the names
+            // of what it exec'd.
+            let band = if lane.program { EXEC_BAND } else { 0.0 };
+            lane_of.insert(process.pid, (y + band, lane.height - band));
+            if lane.program {
+                execs(&mut body, process, y, lane.height, &x, end);
+            }
         }
         y += lane.height + 4.0;
     }
@@ -260,7 +268,8 @@ pub fn render(profile: &Profile) -> String {
         };
         let file = &profile.files[open.file];
         let ox = x(open.ms);
-        let (layer, color) = match (open.outcome == "ok", file.origin == Origin::User) {
+        let users = file.origin == Origin::User && file.checkpoint.why != Some(Why::NotAFile);
+        let (layer, color) = match (open.outcome == "ok", users) {
             (false, _) => (0, FAILED),
             (true, false) => (1, OTHER),
             (true, true) => (2, USER),
@@ -382,6 +391,46 @@ pub fn render(profile: &Profile) -> String {
     svg.push_str(&body);
     svg.push_str("</svg>\n");
     svg
+}
+
+/// The program's lane cut where it exec'd, each part named after what
+/// it ran (a shim, then the interpreter), where the name fits.
+fn execs(
+    body: &mut String,
+    process: &Process,
+    y: f64,
+    height: f64,
+    x: &dyn Fn(f64) -> f64,
+    end: f64,
+) {
+    // Where the last name drawn ends: names never overlap.
+    let mut free_from = 0.0;
+    for (i, exec) in process.execs.iter().enumerate() {
+        let from = x(exec.ms);
+        if i > 0 {
+            let _ = writeln!(
+                body,
+                r##"<line class="exec" x1="{from:.1}" y1="{y:.1}" x2="{from:.1}" y2="{:.1}" stroke="#34495e" stroke-width="1" stroke-dasharray="3,2"><title>exec {} at {:.1} ms</title></line>"##,
+                y + height,
+                text(&exec.comm),
+                exec.ms
+            );
+        }
+        let label = format!("exec {}", exec.comm);
+        let width = label.chars().count() as f64 * 5.0 + 6.0;
+        // A name may run over the short parts after it (a shim's execs
+        // follow each other closely), never over another name.
+        if from >= free_from && x(end) - from > width {
+            let _ = writeln!(
+                body,
+                r##"<text x="{:.1}" y="{:.1}" font-size="9" fill="#34495e">{}</text>"##,
+                from + 3.0,
+                y + 8.5,
+                text(&label)
+            );
+            free_from = from + width;
+        }
+    }
 }
 
 fn legend(body: &mut String, y: f64) {

@@ -116,7 +116,11 @@ fn fold(out: &mut String, files: &[&File], cwd: &Path) {
         .map(|(area, n)| format!("{area} ({n})"))
         .collect();
     if areas.len() > FOLD_AREAS {
-        places.push(format!("{} more places", areas.len() - FOLD_AREAS));
+        let more = areas.len() - FOLD_AREAS;
+        places.push(format!(
+            "{more} more place{}",
+            if more == 1 { "" } else { "s" }
+        ));
     }
     let failed = if failed > 0 {
         format!(", {failed} failed")
