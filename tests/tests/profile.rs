@@ -260,7 +260,7 @@ fn the_validator_refuses_what_the_schema_does_not_allow() {
                     "best_checkpoints": [], "suggested_filter": null,
                     "no_checkpoint": "none", "lost_records": 0},
         "processes": [{"pid": 1, "parent": null, "comm": "true", "start_ms": 0.0, "end_ms": 1.0,
-                       "program": true, "opens": 0, "stub_ms": null}],
+                       "program": true, "opens": 0, "stub_ms": null, "execs": []}],
         "files": [], "opens": [],
     });
     validate(&valid, &schema, &schema, "$").unwrap();

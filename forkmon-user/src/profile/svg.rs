@@ -347,24 +347,33 @@ pub fn render(profile: &Profile) -> String {
             CHECKPOINT
         };
         let matched = if file.filter { " (matched)" } else { "" };
+        // What a resume runs again, from the checkpoint to the end, pale
+        // behind the part it skips.
+        let end = x(duration);
         let _ = writeln!(
             body,
-            r##"<text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#222">{}</text><rect class="skip" x="{LABEL}" y="{y:.1}" width="{:.1}" height="{BAR}" fill="{color}"><title>{}: a resume skips {skips:.1} ms{matched}</title></rect>"##,
+            r##"<text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#222">{}</text><rect class="rerun" x="{:.1}" y="{y:.1}" width="{:.1}" height="{BAR}" fill="#edf0f2"><title>runs again on each resume: {:.1} ms</title></rect><rect class="skip" x="{LABEL}" y="{y:.1}" width="{:.1}" height="{BAR}" fill="{color}"><title>{}: a resume skips {skips:.1} ms{matched}</title></rect>"##,
             LABEL - 8.0,
             y + BAR / 2.0 + 4.0,
             text(&short_path(profile, file, 32)),
+            LABEL + width,
+            (end - LABEL - width).max(0.0),
+            duration - skips,
             width.max(1.0),
             text(&file.path.to_string_lossy()),
         );
-        // The value at the bar's end, inside it when it reaches the edge.
-        let (tx, anchor, fill) = if width > PLOT - 70.0 {
+        // The value inside the bar's end, or after it when the bar is
+        // too short to hold it.
+        let label = format!("skips {skips:.1} ms{matched}");
+        let room = label.len() as f64 * 5.6 + 8.0;
+        let (tx, anchor, fill) = if width > room {
             (LABEL + width - 4.0, "end", "white")
         } else {
             (LABEL + width + 4.0, "start", "#222")
         };
         let _ = writeln!(
             body,
-            r#"<text x="{tx:.1}" y="{:.1}" font-size="10" text-anchor="{anchor}" fill="{fill}">{skips:.1} ms{matched}</text>"#,
+            r#"<text x="{tx:.1}" y="{:.1}" font-size="10" text-anchor="{anchor}" fill="{fill}">{label}</text>"#,
             y + BAR / 2.0 + 3.5,
         );
         y += BAR + 3.0;

@@ -44,9 +44,10 @@ pub fn render(profile: &Profile, all: bool) -> String {
     out
 }
 
-/// The user's files (not their directories) and the filter's matches.
+/// The user's files and the filter's matches, but no directories: a
+/// Python program lists every package's, and none is a place to edit.
 fn shown_in_full(file: &File) -> bool {
-    file.filter || file.origin == Origin::User && file.checkpoint.why != Some(Why::NotAFile)
+    (file.filter || file.origin == Origin::User) && file.checkpoint.why != Some(Why::NotAFile)
 }
 
 fn row(out: &mut String, file: &File, cwd: &Path) {
@@ -141,33 +142,42 @@ fn fold(out: &mut String, files: &[&File], cwd: &Path) {
 
 /// Where a folded file is, coarsely: up to the last environment
 /// directory it goes through (`…/lib/python3.11`, `…/site-packages`,
-/// `~/.pyenv`), else its top directory (`/etc`, `/proc`; two for `/usr`,
-/// `/var`, `/opt` and `/home`: `/usr/lib`).
+/// `~/.pyenv`); else, below the current directory its own directory
+/// (`pkg/sub`, `.`), elsewhere its top directory (`/etc`, `/proc`; two for
+/// `/usr`, `/var`, `/opt` and `/home`: `/usr/lib`).
 fn area(path: &Path, cwd: &Path) -> String {
     const PACKAGES: &[&[u8]] = &[b"site-packages", b"dist-packages", b"node_modules"];
     const DEEPER: &[&[u8]] = &[b"usr", b"var", b"opt", b"home"];
-    let dirs: Vec<&std::ffi::OsStr> = path
+    let (base, below) = match path.strip_prefix(cwd) {
+        Ok(below) => (Some(cwd), below),
+        Err(_) => (None, path),
+    };
+    let dirs: Vec<&std::ffi::OsStr> = below
         .parent()
         .into_iter()
         .flat_map(Path::components)
         .map(|c| c.as_os_str())
         .collect();
     let top = dirs.get(1).map(|d| d.as_bytes());
-    let mut keep = if top.is_some_and(|top| DEEPER.contains(&top)) {
-        3
-    } else {
-        2
+    let mut keep = match base {
+        Some(_) => dirs.len(),
+        None if top.is_some_and(|top| DEEPER.contains(&top)) => 3,
+        None => 2,
     };
-    for i in 1..dirs.len() {
+    for i in 0..dirs.len() {
         let name = dirs[i].as_bytes();
-        let parent = dirs[i - 1].as_bytes();
+        let parent = if i > 0 { dirs[i - 1].as_bytes() } else { b"" };
         let python_lib = name.starts_with(b"python") && (parent == b"lib" || parent == b"lib64");
         if name.starts_with(b".") || python_lib || PACKAGES.contains(&name) {
             keep = i + 1;
         }
     }
     let shown: std::path::PathBuf = dirs[..keep.min(dirs.len())].iter().collect();
-    shown_path(&shown, cwd).into_owned()
+    if shown.as_os_str().is_empty() {
+        ".".into()
+    } else {
+        escape_path(&shown).into_owned()
+    }
 }
 
 fn summary(out: &mut String, profile: &Profile) {
