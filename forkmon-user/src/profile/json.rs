@@ -54,28 +54,19 @@ mod tests {
         ] {
             assert_eq!(keys(value), keys(&described["properties"]), "{described}");
         }
-        // Optional fields: all present in one file or another.
-        let mut file_keys: Vec<String> = profile["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|f| keys(f))
-            .collect();
-        file_keys.sort();
-        file_keys.dedup();
-        assert_eq!(file_keys, keys(&defs["file"]["properties"]));
-        let checkpoint_keys: Vec<String> = {
-            let mut k: Vec<String> = profile["files"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|f| keys(&f["checkpoint"]))
-                .collect();
-            k.sort();
-            k.dedup();
-            k
+        // Optional fields: each present in one file or another.
+        let files = profile["files"].as_array().unwrap();
+        let union = |part: &dyn Fn(&Value) -> &Value| {
+            let mut all: Vec<String> = files.iter().flat_map(|f| keys(part(f))).collect();
+            all.sort();
+            all.dedup();
+            all
         };
-        assert_eq!(checkpoint_keys, keys(&defs["checkpoint"]["properties"]));
+        assert_eq!(union(&|f| f), keys(&defs["file"]["properties"]));
+        assert_eq!(
+            union(&|f| &f["checkpoint"]),
+            keys(&defs["checkpoint"]["properties"])
+        );
         assert_eq!(
             schema["properties"]["schema"]["const"],
             crate::profile::analysis::SCHEMA
