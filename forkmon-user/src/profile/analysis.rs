@@ -280,7 +280,15 @@ pub fn analyze(run: &Collected, setup: &Setup) -> Profile {
         let file = *index.entry(path.clone()).or_insert_with(|| {
             files.push(File {
                 filter: setup.filter.matches(&path),
-                origin: origin(&path, setup.cwd),
+                origin: match origin(&path, setup.cwd) {
+                    // A file that is not there, outside the current
+                    // directory: a loader's or interpreter's search path
+                    // (`LD_LIBRARY_PATH`, `sys.path`), not the user's.
+                    Origin::User if open.ret < 0 && !path.starts_with(setup.cwd) => {
+                        Origin::Environment
+                    }
+                    whose => whose,
+                },
                 path,
                 cache: None,
                 first_ms: at,
@@ -937,6 +945,21 @@ pub(super) mod tests {
             "{:?}",
             profile.summary.no_checkpoint
         );
+    }
+
+    #[test]
+    fn a_search_paths_misses_are_not_the_users() {
+        let mut miss = open(1, 100, "/home/me/build/libc.so.6");
+        miss.ret = -2;
+        let mut lua_try = open(2, 100, "/w/util.lua");
+        lua_try.ret = -2;
+        let run = run_of(vec![miss, lua_try]);
+        let profile = analyze_in("/w", &run, &[]);
+        assert_eq!(
+            file(&profile, "/home/me/build/libc.so.6").origin,
+            Origin::Environment
+        );
+        assert_eq!(file(&profile, "/w/util.lua").origin, Origin::User);
     }
 
     #[test]
