@@ -130,6 +130,13 @@ pub struct File {
     pub checkpoint: Checkpoint,
 }
 
+impl File {
+    /// The start-up a checkpoint here skips; 0 where none is possible.
+    pub fn skips(&self) -> f64 {
+        self.checkpoint.skips_ms.unwrap_or(0.0)
+    }
+}
+
 /// One open, pointing into `files`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OpenEvent {
@@ -543,7 +550,7 @@ fn summarize(
         .filter(|f| f.origin == Origin::User || f.filter)
         .filter(possible)
         .collect();
-    best.sort_by(|a, b| skips(b).total_cmp(&skips(a)));
+    best.sort_by(|a, b| b.skips().total_cmp(&a.skips()));
     Summary {
         duration_ms: ms(run.end_ns, run.start_ns),
         exit_status: run.exit_status,
@@ -558,7 +565,7 @@ fn summarize(
             .take(BEST)
             .map(|f| Best {
                 path: f.path.clone(),
-                skips_ms: skips(f),
+                skips_ms: f.skips(),
                 possible: f.checkpoint.possible,
                 filter: f.filter,
             })
@@ -567,10 +574,6 @@ fn summarize(
         no_checkpoint: no_checkpoint(files),
         lost_records: run.losses.ring_full,
     }
-}
-
-fn skips(file: &File) -> f64 {
-    file.checkpoint.skips_ms.unwrap_or(0.0)
 }
 
 /// Why none of the user's files can be a checkpoint, if none can.
@@ -631,10 +634,10 @@ fn suggest(run: &Collected, setup: &Setup, files: &[File]) -> Option<Suggestion>
         let glob = glob_for(&file.path, setup.cwd);
         match groups.iter_mut().find(|(g, _, _)| *g == glob) {
             Some((_, best, count)) => {
-                *best = best.max(skips(file));
+                *best = best.max(file.skips());
                 *count += 1;
             }
-            None => groups.push((glob, skips(file), 1)),
+            None => groups.push((glob, file.skips(), 1)),
         }
     }
     groups.sort_by(|a, b| b.1.total_cmp(&a.1));

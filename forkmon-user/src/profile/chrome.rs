@@ -91,10 +91,7 @@ pub fn render(profile: &Profile) -> String {
             .filter(|f| f.checkpoint.possible != Possible::No)
             .filter(|f| f.origin == Origin::User || f.filter)
             .collect();
-        skipped.sort_by(|a, b| {
-            let skips = |f: &&crate::profile::analysis::File| f.checkpoint.skips_ms.unwrap_or(0.0);
-            skips(b).total_cmp(&skips(a))
-        });
+        skipped.sort_by(|a, b| b.skips().total_cmp(&a.skips()));
         skipped.truncate(MAX_SKIPPED);
         if !skipped.is_empty() {
             events.push(json!({"ph": "M", "name": "thread_name", "pid": program.pid,
@@ -103,7 +100,7 @@ pub fn render(profile: &Profile) -> String {
         }
         // Longest first: spans that all start at 0 nest, as a track needs.
         for file in skipped {
-            let skips = file.checkpoint.skips_ms.unwrap_or(0.0);
+            let skips = file.skips();
             events.push(json!({
                 "ph": "X", "name": format!("{} ({skips:.1} ms)", file.path.to_string_lossy()),
                 "cat": "startup_skipped", "pid": program.pid, "tid": SKIPPED_TRACK,

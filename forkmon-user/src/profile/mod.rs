@@ -53,7 +53,8 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<u8> {
     if let Some(path) = &args.svg {
         write(path, &svg::render(&profile))?;
     }
-    let text = table::render(&profile, args.all);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let text = table::render(&profile, args.all, home.as_deref());
     match &args.output {
         Some(path) => write(path, &text)?,
         None => {

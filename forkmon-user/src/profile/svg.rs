@@ -130,14 +130,10 @@ fn bars(profile: &Profile) -> (Vec<&File>, usize) {
         .filter(|f| f.origin == Origin::User || f.filter)
         .collect();
     let all = bars.len();
-    bars.sort_by(|a, b| skips(b).total_cmp(&skips(a)));
+    bars.sort_by(|a, b| b.skips().total_cmp(&a.skips()));
     bars.truncate(MAX_BARS);
-    bars.sort_by(|a, b| skips(a).total_cmp(&skips(b)));
+    bars.sort_by(|a, b| a.skips().total_cmp(&b.skips()));
     (bars, all)
-}
-
-fn skips(file: &File) -> f64 {
-    file.checkpoint.skips_ms.unwrap_or(0.0)
 }
 
 /// A path for a label: below the current directory relative, and cut
@@ -339,7 +335,7 @@ pub fn render(profile: &Profile) -> String {
     );
     y += 10.0;
     for file in &bars {
-        let skips = skips(file);
+        let skips = file.skips();
         let width = x(skips) - LABEL;
         let color = if file.checkpoint.possible == Possible::Maybe {
             "#8fd19e"

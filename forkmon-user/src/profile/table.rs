@@ -11,11 +11,13 @@ use std::{fmt::Write as _, os::unix::ffi::OsStrExt as _, path::Path};
 use super::analysis::{File, Origin, Possible, Profile, Why};
 use crate::output::{escape, escape_path};
 
-/// How many places a folded line names.
+/// How many places a folded line names, and parts of each.
 const FOLD_AREAS: usize = 3;
+const FOLD_PARTS: usize = 4;
 
 /// The table, then the summary.
-pub fn render(profile: &Profile, all: bool) -> String {
+/// `home` is shown as `~`.
+pub fn render(profile: &Profile, all: bool, home: Option<&Path>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -23,13 +25,20 @@ pub fn render(profile: &Profile, all: bool) -> String {
         "TIME(ms)", "OPENS", "PROCESS", "RESULT", "FILTER", "CHECKPOINT", "SKIPS(ms)"
     );
     let cwd = profile.cwd.as_path();
+    let places = Places { cwd, home };
     let mut folded: Vec<&File> = Vec::new();
     for file in &profile.files {
+        // The user's directories (a Python program lists every package's)
+        // say nothing a row of theirs would not, and a fold line for each
+        // would break up the list of their files.
+        if !all && file.origin == Origin::User && file.checkpoint.why == Some(Why::NotAFile) {
+            continue;
+        }
         // A stretch ends where another process (or program, after an
         // exec) took over: the folded lines then tell the run's story.
         let same_opener = |f: &&File| (f.pid, &f.comm) == (file.pid, &file.comm);
         if all || shown_in_full(file) || !folded.last().is_none_or(same_opener) {
-            fold(&mut out, &folded, cwd);
+            fold(&mut out, &folded, &places);
             folded.clear();
         }
         if all || shown_in_full(file) {
@@ -38,14 +47,14 @@ pub fn render(profile: &Profile, all: bool) -> String {
             folded.push(file);
         }
     }
-    fold(&mut out, &folded, cwd);
+    fold(&mut out, &folded, &places);
     out.push('\n');
     summary(&mut out, profile);
     out
 }
 
-/// The user's files and the filter's matches, but no directories: a
-/// Python program lists every package's, and none is a place to edit.
+/// The user's files and the filter's matches, but no directories: none
+/// is a place to edit.
 fn shown_in_full(file: &File) -> bool {
     (file.filter || file.origin == Origin::User) && file.checkpoint.why != Some(Why::NotAFile)
 }
@@ -94,31 +103,58 @@ fn shown_path<'a>(path: &'a Path, cwd: &Path) -> std::borrow::Cow<'a, str> {
     }
 }
 
-/// One line for a stretch of files not shown in full.
-fn fold(out: &mut String, files: &[&File], cwd: &Path) {
+/// One line for a stretch of files not shown in full: how many, and where,
+/// the places with the most first, each with its busiest parts (a
+/// standard library's packages: `email 25, encodings 12`).
+fn fold(out: &mut String, files: &[&File], places: &Places) {
     let Some(first) = files.first() else {
         return;
     };
     let opens: u32 = files.iter().map(|f| f.opens).sum();
     let failed = files.iter().filter(|f| f.outcome != "ok").count();
-    // Where they are, the most first.
-    let mut areas: Vec<(String, usize)> = Vec::new();
+    let mut areas: Vec<(String, usize, Vec<(String, usize)>)> = Vec::new();
     for file in files {
-        let area = area(&file.path, cwd);
-        match areas.iter_mut().find(|(a, _)| *a == area) {
-            Some((_, n)) => *n += 1,
-            None => areas.push((area, 1)),
+        let (area, part) = places.area(&file.path);
+        let index = match areas.iter().position(|(a, _, _)| *a == area) {
+            Some(index) => index,
+            None => {
+                areas.push((area, 0, Vec::new()));
+                areas.len() - 1
+            }
+        };
+        let (_, count, parts) = &mut areas[index];
+        *count += 1;
+        if let Some(part) = part {
+            match parts.iter_mut().find(|(p, _)| *p == part) {
+                Some((_, n)) => *n += 1,
+                None => parts.push((part, 1)),
+            }
         }
     }
-    areas.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let mut places: Vec<String> = areas
-        .iter()
+    // Stable sorts: among equals, the first opened first.
+    areas.sort_by_key(|(_, n, _)| std::cmp::Reverse(*n));
+    let mut named: Vec<String> = areas
+        .iter_mut()
         .take(FOLD_AREAS)
-        .map(|(area, n)| format!("{area} ({n})"))
+        .map(|(area, n, parts)| {
+            if parts.is_empty() {
+                return format!("{area} ({n})");
+            }
+            parts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+            let mut shown: Vec<String> = parts
+                .iter()
+                .take(FOLD_PARTS)
+                .map(|(part, n)| format!("{part} {n}"))
+                .collect();
+            if parts.len() > FOLD_PARTS {
+                shown.push("…".into());
+            }
+            format!("{area} ({n}: {})", shown.join(", "))
+        })
         .collect();
     if areas.len() > FOLD_AREAS {
         let more = areas.len() - FOLD_AREAS;
-        places.push(format!(
+        named.push(format!(
             "{more} more place{}",
             if more == 1 { "" } else { "s" }
         ));
@@ -136,47 +172,66 @@ fn fold(out: &mut String, files: &[&File], cwd: &Path) {
         opens,
         process(first),
         files.len(),
-        places.join(", ")
+        named.join(", ")
     );
 }
 
-/// Where a folded file is, coarsely: up to the last environment
-/// directory it goes through (`…/lib/python3.11`, `…/site-packages`,
-/// `~/.pyenv`); else, below the current directory its own directory
-/// (`pkg/sub`, `.`), elsewhere its top directory (`/etc`, `/proc`; two for
-/// `/usr`, `/var`, `/opt` and `/home`: `/usr/lib`).
-fn area(path: &Path, cwd: &Path) -> String {
-    const PACKAGES: &[&[u8]] = &[b"site-packages", b"dist-packages", b"node_modules"];
-    const DEEPER: &[&[u8]] = &[b"usr", b"var", b"opt", b"home"];
-    let (base, below) = match path.strip_prefix(cwd) {
-        Ok(below) => (Some(cwd), below),
-        Err(_) => (None, path),
-    };
-    let dirs: Vec<&std::ffi::OsStr> = below
-        .parent()
-        .into_iter()
-        .flat_map(Path::components)
-        .map(|c| c.as_os_str())
-        .collect();
-    let top = dirs.get(1).map(|d| d.as_bytes());
-    let mut keep = match base {
-        Some(_) => dirs.len(),
-        None if top.is_some_and(|top| DEEPER.contains(&top)) => 3,
-        None => 2,
-    };
-    for i in 0..dirs.len() {
-        let name = dirs[i].as_bytes();
-        let parent = if i > 0 { dirs[i - 1].as_bytes() } else { b"" };
-        let python_lib = name.starts_with(b"python") && (parent == b"lib" || parent == b"lib64");
-        if name.starts_with(b".") || python_lib || PACKAGES.contains(&name) {
-            keep = i + 1;
+/// How folded files are placed: relative to the current directory, and
+/// the home directory shown as `~`.
+struct Places<'a> {
+    cwd: &'a Path,
+    home: Option<&'a Path>,
+}
+
+impl Places<'_> {
+    /// Where a folded file is, coarsely, and the part of that place it is
+    /// in (the directory below it, if the file is not right there). The
+    /// place: up to the last environment directory the file goes through
+    /// (`…/lib/python3.11`, `…/site-packages`, `~/.pyenv`); else, below the
+    /// current directory its own directory (`pkg/sub`, `.`), elsewhere its
+    /// top directory (`/etc`, `/proc`; two for `/usr`, `/var`, `/opt` and
+    /// `/home`: `/usr/lib`).
+    fn area(&self, path: &Path) -> (String, Option<String>) {
+        const PACKAGES: &[&[u8]] = &[b"site-packages", b"dist-packages", b"node_modules"];
+        const DEEPER: &[&[u8]] = &[b"usr", b"var", b"opt", b"home"];
+        let (in_cwd, below) = match path.strip_prefix(self.cwd) {
+            Ok(below) => (true, below),
+            Err(_) => (false, path),
+        };
+        let dirs: Vec<&std::ffi::OsStr> = below
+            .parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .map(|c| c.as_os_str())
+            .collect();
+        let top = dirs.get(1).map(|d| d.as_bytes());
+        let mut keep = match in_cwd {
+            true => dirs.len(),
+            false if top.is_some_and(|top| DEEPER.contains(&top)) => 3,
+            false => 2,
+        };
+        for i in 0..dirs.len() {
+            let name = dirs[i].as_bytes();
+            let parent = if i > 0 { dirs[i - 1].as_bytes() } else { b"" };
+            let python_lib =
+                name.starts_with(b"python") && (parent == b"lib" || parent == b"lib64");
+            if name.starts_with(b".") || python_lib || PACKAGES.contains(&name) {
+                keep = i + 1;
+            }
         }
-    }
-    let shown: std::path::PathBuf = dirs[..keep.min(dirs.len())].iter().collect();
-    if shown.as_os_str().is_empty() {
-        ".".into()
-    } else {
-        escape_path(&shown).into_owned()
+        let keep = keep.min(dirs.len());
+        let place: std::path::PathBuf = dirs[..keep].iter().collect();
+        let part = dirs
+            .get(keep)
+            .map(|part| escape(part.as_bytes()).into_owned());
+        let place = match self.home.and_then(|home| place.strip_prefix(home).ok()) {
+            Some(below) if !in_cwd && !below.as_os_str().is_empty() => {
+                format!("~/{}", escape_path(below))
+            }
+            _ if place.as_os_str().is_empty() => ".".into(),
+            _ => escape_path(&place).into_owned(),
+        };
+        (place, part)
     }
 }
 
@@ -233,6 +288,25 @@ fn summary(out: &mut String, profile: &Profile) {
     }
     if let Some(why) = &s.no_checkpoint {
         let _ = writeln!(out, "No checkpoint at your files: {why}.");
+        // Where one is possible all the same: for work on a library, which
+        // an absolute --filter can name.
+        let latest = profile
+            .files
+            .iter()
+            .filter(|f| f.checkpoint.possible != Possible::No && f.origin != Origin::Virtual)
+            .max_by(|a, b| a.skips().total_cmp(&b.skips()));
+        if let Some(file) = latest {
+            let _ = writeln!(
+                out,
+                "The latest possible checkpoint is at {} ({:.1} ms), {}: an absolute --filter names it.",
+                escape_path(&file.path),
+                file.skips(),
+                match file.origin {
+                    Origin::System => "a system file",
+                    _ => "an environment file",
+                }
+            );
+        }
     }
     if let Some(suggestion) = &s.suggested_filter {
         let _ = writeln!(
@@ -271,11 +345,11 @@ mod tests {
 
     #[test]
     fn the_users_files_in_full_the_rest_folded() {
-        let text = render(&python_run(), false);
+        let text = render(&python_run(), false, Some(Path::new("/root")));
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with(" TIME(ms) OPENS"), "{text}");
         assert!(
-            lines[1].contains("┄ 52 files: /usr/lib/python3.11 (50), /etc (1), /proc (1)"),
+            lines[1].contains("┄ 52 files: /usr/lib/python3.11 (50), /etc (1), /proc (1: self 1)"),
             "{text}"
         );
         assert!(lines[2].ends_with("  main.py"), "{text}");
@@ -290,9 +364,43 @@ mod tests {
     }
 
     #[test]
+    fn folded_files_are_placed_by_their_environment_and_its_parts() {
+        let places = Places {
+            cwd: Path::new("/w"),
+            home: Some(Path::new("/home/me")),
+        };
+        let area = |path: &str| places.area(Path::new(path));
+        let part = |place: &str, part: Option<&str>| (place.to_owned(), part.map(str::to_owned));
+        let stdlib = "~/.pyenv/versions/3.11.7/lib/python3.11";
+        for (path, expected) in [
+            (
+                "/home/me/.pyenv/versions/3.11.7/lib/python3.11/email/mime/text.py",
+                part(stdlib, Some("email")),
+            ),
+            (
+                "/home/me/.pyenv/versions/3.11.7/lib/python3.11/os.py",
+                part(stdlib, None),
+            ),
+            (
+                "/w/.venv/lib/python3.11/site-packages/numpy/core/x.py",
+                part(".venv/lib/python3.11/site-packages", Some("numpy")),
+            ),
+            (
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                part("/usr/lib", Some("x86_64-linux-gnu")),
+            ),
+            ("/etc/ld.so.cache", part("/etc", None)),
+            ("/w/pkg/sub", part("pkg", None)),
+            ("/w", part(".", None)),
+        ] {
+            assert_eq!(area(path), expected, "{path}");
+        }
+    }
+
+    #[test]
     fn all_lists_every_file() {
         let profile = python_run();
-        let text = render(&profile, true);
+        let text = render(&profile, true, None);
         assert!(!text.contains('┄'), "{text}");
         assert!(text.contains("/usr/lib/python3.11/m49.py"));
         assert!(text.contains("no: before the stub"), "{text}");
