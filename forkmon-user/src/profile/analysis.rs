@@ -262,6 +262,7 @@ fn ms(ns: u64, start_ns: u64) -> f64 {
 /// Builds the profile.
 pub fn analyze(run: &Collected, setup: &Setup) -> Profile {
     let stub = StubTimes::new(run);
+    let venvs = virtual_environments(run);
     let mut files: Vec<File> = Vec::new();
     let mut index: HashMap<PathBuf, usize> = HashMap::new();
     let mut opens = Vec::with_capacity(run.opens.len());
@@ -276,7 +277,7 @@ pub fn analyze(run: &Collected, setup: &Setup) -> Profile {
         let at = ms(open.ts_ns, run.start_ns);
         let (possible, why) = verdict(open, run.pid, &stub, || {
             setup.files.is_regular(&path) != Some(false)
-                && origin(&path, setup.cwd) != Origin::Virtual
+                && origin(&path, setup.cwd, &venvs) != Origin::Virtual
         });
         let checkpoint = Checkpoint {
             possible,
@@ -287,7 +288,7 @@ pub fn analyze(run: &Collected, setup: &Setup) -> Profile {
         let file = *index.entry(path.clone()).or_insert_with(|| {
             files.push(File {
                 filter: setup.filter.matches(&path),
-                origin: match origin(&path, setup.cwd) {
+                origin: match origin(&path, setup.cwd, &venvs) {
                     // A file that is not there, outside the current
                     // directory: a loader's or interpreter's search path
                     // (`LD_LIBRARY_PATH`, `sys.path`), not the user's.
@@ -343,6 +344,20 @@ pub fn analyze(run: &Collected, setup: &Setup) -> Profile {
         files,
         opens,
     }
+}
+
+/// The Python virtual environments the run used, whatever they are
+/// called: an interpreter reads `pyvenv.cfg` at the top of its own.
+fn virtual_environments(run: &Collected) -> Vec<PathBuf> {
+    let mut venvs: Vec<PathBuf> = run
+        .opens
+        .iter()
+        .filter(|open| open.ret >= 0 && open.path.file_name() == Some(OsStr::new("pyvenv.cfg")))
+        .filter_map(|open| open.path.parent().map(Path::to_path_buf))
+        .collect();
+    venvs.sort();
+    venvs.dedup();
+    venvs
 }
 
 fn outcome(ret: i64) -> String {
@@ -458,12 +473,16 @@ const SYSTEM_ROOTS: &[&str] = &[
 ];
 const VIRTUAL_ROOTS: &[&str] = &["proc", "sys", "dev"];
 
-/// Whose `path` is. Below the current directory, the user's unless it
+/// Whose `path` is. In a Python virtual environment (one of `venvs`), the
+/// environment's. Below the current directory, the user's unless it
 /// goes through an environment directory (as `run`'s default filter
 /// decides) or a hidden one; elsewhere, the system's by its top
 /// directory, the environment's through such directories (`~/.pyenv`,
 /// `~/.cache`), the user's otherwise.
-pub fn origin(path: &Path, cwd: &Path) -> Origin {
+pub fn origin(path: &Path, cwd: &Path, venvs: &[PathBuf]) -> Origin {
+    if venvs.iter().any(|venv| path.starts_with(venv)) {
+        return Origin::Environment;
+    }
     let environment =
         |below: &Path| {
             crate::filter::in_environment(below, "")
@@ -951,6 +970,28 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_virtual_environment_is_known_by_its_pyvenv_cfg() {
+        let run = run_of(vec![
+            open(1, 100, "/home/me/envs/py/pyvenv.cfg"),
+            open(2, 100, "/home/me/envs/py/lib/python3.11/site-packages/x.py"),
+            open(3, 100, "/home/me/envs/py/bin/tool.conf"),
+            open(4, 100, "/home/me/envs/other.txt"),
+        ]);
+        let profile = analyze_in("/w", &run, &[]);
+        for path in [
+            "/home/me/envs/py/pyvenv.cfg",
+            "/home/me/envs/py/lib/python3.11/site-packages/x.py",
+            "/home/me/envs/py/bin/tool.conf",
+        ] {
+            assert_eq!(file(&profile, path).origin, Origin::Environment, "{path}");
+        }
+        assert_eq!(
+            file(&profile, "/home/me/envs/other.txt").origin,
+            Origin::User
+        );
+    }
+
+    #[test]
     fn a_search_paths_misses_are_not_the_users() {
         let mut miss = open(1, 100, "/home/me/build/libc.so.6");
         miss.ret = -2;
@@ -1024,7 +1065,11 @@ pub(super) mod tests {
             ("/usr/src/p/main.c", "/usr/src/p", Origin::User),
             ("relative.txt", "/w", Origin::System),
         ] {
-            assert_eq!(origin(Path::new(path), Path::new(cwd)), expected, "{path}");
+            assert_eq!(
+                origin(Path::new(path), Path::new(cwd), &[]),
+                expected,
+                "{path}"
+            );
         }
     }
 

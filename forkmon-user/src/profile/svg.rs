@@ -172,10 +172,11 @@ pub fn render(profile: &Profile) -> String {
     let s = &profile.summary;
     let _ = writeln!(
         body,
-        r##"<text x="12" y="{y}" font-size="12" fill="#333">{:.1} ms, exit status {}, {} processes, {} opens of {} files ({} failed); filter: {} ({} files, {} opens)</text>"##,
+        r##"<text x="12" y="{y}" font-size="12" fill="#333">{:.1} ms, exit status {}, {} process{}, {} opens of {} files ({} failed); filter: {} ({} files, {} opens)</text>"##,
         s.duration_ms,
         s.exit_status,
         s.processes,
+        if s.processes == 1 { "" } else { "es" },
         s.opens,
         s.files,
         s.files_failed,
@@ -360,10 +361,20 @@ pub fn render(profile: &Profile) -> String {
         );
         // The value inside the bar's end, or after it when the bar is
         // too short to hold it.
-        let label = format!("skips {skips:.1} ms{matched}");
+        let maybe = if file.checkpoint.possible == Possible::Maybe {
+            format!(
+                ", if fork's handlers stop its {} threads",
+                file.checkpoint.threads.unwrap_or(2)
+            )
+        } else {
+            String::new()
+        };
+        let label = format!("skips {skips:.1} ms{matched}{maybe}");
         let room = label.len() as f64 * 5.6 + 8.0;
         let (tx, anchor, fill) = if width > room {
-            (LABEL + width - 4.0, "end", "white")
+            // Dark on the pale green of a maybe.
+            let ink = if maybe.is_empty() { "white" } else { "#14532d" };
+            (LABEL + width - 4.0, "end", ink)
         } else {
             (LABEL + width + 4.0, "start", "#222")
         };

@@ -198,12 +198,17 @@ impl Places<'_> {
             Ok(below) => (true, below),
             Err(_) => (false, path),
         };
-        let dirs: Vec<&std::ffi::OsStr> = below
-            .parent()
-            .into_iter()
-            .flat_map(Path::components)
-            .map(|c| c.as_os_str())
-            .collect();
+        // `..` taken back lexically, for the eye only (a library's
+        // `numpy/_core/../../numpy.libs`).
+        let mut dirs: Vec<&std::ffi::OsStr> = Vec::new();
+        for component in below.parent().into_iter().flat_map(Path::components) {
+            match component {
+                std::path::Component::ParentDir if dirs.len() > 1 => {
+                    dirs.pop();
+                }
+                other => dirs.push(other.as_os_str()),
+            }
+        }
         let top = dirs.get(1).map(|d| d.as_bytes());
         let mut keep = match in_cwd {
             true => dirs.len(),
@@ -390,6 +395,10 @@ mod tests {
                 part("/usr/lib", Some("x86_64-linux-gnu")),
             ),
             ("/etc/ld.so.cache", part("/etc", None)),
+            (
+                "/v/lib/python3.11/site-packages/numpy/_core/../../numpy.libs/libopenblas.so",
+                part("/v/lib/python3.11/site-packages", Some("numpy.libs")),
+            ),
             ("/w/pkg/sub", part("pkg", None)),
             ("/w", part(".", None)),
         ] {
