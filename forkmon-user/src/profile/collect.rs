@@ -105,25 +105,24 @@ pub async fn collect(argv: &[OsString]) -> anyhow::Result<Collected> {
     // once every process of it has gone.
     drop(target_end);
     drop(library);
-    let pid = target.pid;
+    let (pid, start_ns) = (target.pid, target.started_ns);
     let mut collector = Collector {
         target,
         stub_path: stub_path.into(),
         collected: Collected {
             argv: argv.to_vec(),
             pid: pid.as_raw(),
+            start_ns,
+            processes: vec![Process {
+                pid: pid.as_raw(),
+                parent: None,
+                start_ns,
+                end_ns: None,
+                comm: String::new(),
+            }],
             ..Collected::default()
         },
     };
-    let start_ns = collector.target.started_ns;
-    collector.collected.start_ns = start_ns;
-    collector.collected.processes.push(Process {
-        pid: pid.as_raw(),
-        parent: None,
-        start_ns,
-        end_ns: None,
-        comm: String::new(),
-    });
     let status = observe(
         &mut probes,
         pid,

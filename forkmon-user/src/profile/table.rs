@@ -6,7 +6,7 @@
 //! system, environment and kernel files between them is folded into one
 //! line that says how many, where, and how many failed. `--all` lists
 //! every file.
-use std::{fmt::Write as _, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{collections::HashMap, fmt::Write as _, os::unix::ffi::OsStrExt as _, path::Path};
 
 use super::analysis::{File, Origin, Possible, Profile, Why};
 use crate::output::{escape, escape_path};
@@ -112,35 +112,25 @@ fn fold(out: &mut String, files: &[&File], places: &Places) {
     };
     let opens: u32 = files.iter().map(|f| f.opens).sum();
     let failed = files.iter().filter(|f| f.outcome != "ok").count();
-    let mut areas: Vec<(String, usize, Vec<(String, usize)>)> = Vec::new();
+    let mut counts = Tally::default();
+    let mut parts: HashMap<String, Tally> = HashMap::new();
     for file in files {
-        let (area, part) = places.area(&file.path);
-        let index = match areas.iter().position(|(a, _, _)| *a == area) {
-            Some(index) => index,
-            None => {
-                areas.push((area, 0, Vec::new()));
-                areas.len() - 1
-            }
-        };
-        let (_, count, parts) = &mut areas[index];
-        *count += 1;
+        let (place, part) = places.area(&file.path);
+        counts.add(&place);
+        let of_place = parts.entry(place).or_default();
         if let Some(part) = part {
-            match parts.iter_mut().find(|(p, _)| *p == part) {
-                Some((_, n)) => *n += 1,
-                None => parts.push((part, 1)),
-            }
+            of_place.add(&part);
         }
     }
-    // Stable sorts: among equals, the first opened first.
-    areas.sort_by_key(|(_, n, _)| std::cmp::Reverse(*n));
-    let mut named: Vec<String> = areas
-        .iter_mut()
+    let ranked = counts.by_count();
+    let mut named: Vec<String> = ranked
+        .iter()
         .take(FOLD_AREAS)
-        .map(|(area, n, parts)| {
+        .map(|(place, n)| {
+            let parts = parts.get_mut(place).map_or(&[][..], Tally::by_count);
             if parts.is_empty() {
-                return format!("{area} ({n})");
+                return format!("{place} ({n})");
             }
-            parts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
             let mut shown: Vec<String> = parts
                 .iter()
                 .take(FOLD_PARTS)
@@ -149,11 +139,11 @@ fn fold(out: &mut String, files: &[&File], places: &Places) {
             if parts.len() > FOLD_PARTS {
                 shown.push("…".into());
             }
-            format!("{area} ({n}: {})", shown.join(", "))
+            format!("{place} ({n}: {})", shown.join(", "))
         })
         .collect();
-    if areas.len() > FOLD_AREAS {
-        let more = areas.len() - FOLD_AREAS;
+    if ranked.len() > FOLD_AREAS {
+        let more = ranked.len() - FOLD_AREAS;
         named.push(format!(
             "{more} more place{}",
             if more == 1 { "" } else { "s" }
@@ -174,6 +164,25 @@ fn fold(out: &mut String, files: &[&File], places: &Places) {
         files.len(),
         named.join(", ")
     );
+}
+
+/// How many times each name came up, in the order first seen.
+#[derive(Default)]
+struct Tally(Vec<(String, usize)>);
+
+impl Tally {
+    fn add(&mut self, name: &str) {
+        match self.0.iter_mut().find(|(seen, _)| seen == name) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((name.to_owned(), 1)),
+        }
+    }
+
+    /// The most first; among equals, the first seen first (a stable sort).
+    fn by_count(&mut self) -> &[(String, usize)] {
+        self.0.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        &self.0
+    }
 }
 
 /// How folded files are placed: relative to the current directory, and
