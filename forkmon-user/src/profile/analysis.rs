@@ -227,6 +227,31 @@ pub struct Profile {
     pub opens: Vec<OpenEvent>,
 }
 
+impl Profile {
+    /// The run in one line: time, status, processes, opens, what the
+    /// filter matched.
+    pub fn headline(&self) -> String {
+        let s = &self.summary;
+        let plural =
+            |n: usize, one: &'static str, more: &'static str| if n == 1 { one } else { more };
+        format!(
+            "{:.1} ms, exit status {}, {} process{}: {} opens of {} files ({} failed); \
+             the filter ({}) matched {} file{} ({} opens)",
+            s.duration_ms,
+            s.exit_status,
+            s.processes,
+            plural(s.processes, "", "es"),
+            s.opens,
+            s.files,
+            s.files_failed,
+            self.filter,
+            s.files_matched,
+            plural(s.files_matched, "", "s"),
+            s.opens_matched,
+        )
+    }
+}
+
 /// What a path is on disk, asked only for the files the run opened.
 pub trait Files {
     /// Whether `path` is a regular file now (`None`: it is gone).

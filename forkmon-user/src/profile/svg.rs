@@ -172,17 +172,8 @@ pub fn render(profile: &Profile) -> String {
     let s = &profile.summary;
     let _ = writeln!(
         body,
-        r##"<text x="12" y="{y}" font-size="12" fill="#333">{:.1} ms, exit status {}, {} process{}, {} opens of {} files ({} failed); filter: {} ({} files, {} opens)</text>"##,
-        s.duration_ms,
-        s.exit_status,
-        s.processes,
-        if s.processes == 1 { "" } else { "es" },
-        s.opens,
-        s.files,
-        s.files_failed,
-        text(&profile.filter),
-        s.files_matched,
-        s.opens_matched
+        r##"<text x="12" y="{y}" font-size="12" fill="#333">{}</text>"##,
+        text(&profile.headline())
     );
     y += 22.0;
     legend(&mut body, y);

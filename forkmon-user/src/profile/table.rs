@@ -251,22 +251,7 @@ impl Places<'_> {
 
 fn summary(out: &mut String, profile: &Profile) {
     let s = &profile.summary;
-    let _ = writeln!(
-        out,
-        "Ran {:.1} ms, exit status {}, {} process{}: {} opens of {} files ({} failed); \
-         the filter ({}) matched {} file{} ({} opens).",
-        s.duration_ms,
-        s.exit_status,
-        s.processes,
-        if s.processes == 1 { "" } else { "es" },
-        s.opens,
-        s.files,
-        s.files_failed,
-        profile.filter,
-        s.files_matched,
-        if s.files_matched == 1 { "" } else { "s" },
-        s.opens_matched,
-    );
+    let _ = writeln!(out, "Ran {}.", profile.headline());
     if s.lost_records > 0 {
         let _ = writeln!(
             out,
