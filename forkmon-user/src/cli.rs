@@ -60,6 +60,25 @@ pub enum Command {
                             abs_path_bytes (present only then). Exits with PROGRAM's exit \
                             status.")]
     Trace(TraceArgs),
+    /// Run PROGRAM once, observed and not checkpointed, then show the files
+    /// it opened, where a checkpoint could be made and what it would skip,
+    /// and a filter to start `forkmon run` with.
+    #[command(after_help = "Examples:\n  \
+                            sudo forkmon profile -- python3 app.py\n  \
+                            sudo forkmon profile --all -- lua5.4 main.lua\n  \
+                            sudo forkmon profile --filter '*.py' --svg run.svg -- python3 app.py\n  \
+                            sudo forkmon profile --json run.json --trace run.trace.json -- ./build.sh\n\n\
+                            The table (on standard error, after the program has ended; --output \
+                            FILE for a file) lists the files in the order they were first opened: \
+                            ms since start, times opened, the process that opened it first, the \
+                            outcome, whether the filter matches, whether a checkpoint is possible \
+                            there (and why not), and the start-up it would skip on each resume. \
+                            A Python bytecode cache is shown as its source. System and \
+                            virtual-environment files are folded into one line per stretch; \
+                            --all lists them. Open --trace's file in https://ui.perfetto.dev or \
+                            chrome://tracing; --json's schema is in docs/profile.md. Exits with \
+                            PROGRAM's exit status.")]
+    Profile(ProfileArgs),
     /// Print a completion script for SHELL.
     #[command(after_help = "Examples:\n  \
                             source <(forkmon completions bash)  # in ~/.bashrc\n  \
@@ -75,7 +94,7 @@ pub enum Command {
                             forkmon man | man -l -\n  \
                             forkmon man run | man -l -")]
     Man {
-        #[arg(value_parser = ["run", "trace", "completions", "man"])]
+        #[arg(value_parser = ["run", "trace", "profile", "completions", "man"])]
         subcommand: Option<String>,
     },
 }
@@ -124,6 +143,48 @@ pub struct TraceArgs {
     /// stdout and stderr for itself).
     #[arg(short, long, value_name = "FILE", env = "FORKMON_OUTPUT")]
     pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub program: ProgramArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// The filter to mark files with, as `forkmon run --filter` takes it
+    /// (repeatable; `!GLOB` excludes). Without it or --lua-filter, the
+    /// filter is `run`'s default: files under the current directory.
+    #[arg(long = "filter", value_name = "GLOB", allow_hyphen_values = true)]
+    pub globs: Vec<String>,
+
+    /// Lua patterns, `;`-separated, as `forkmon run --lua-filter` takes them.
+    #[arg(long = "lua-filter", value_name = "PATTERNS", env = "FORKMON_FILTER")]
+    pub lua_filter: Option<String>,
+
+    /// Whether `lua_filter` came from FORKMON_FILTER rather than the flag.
+    #[arg(skip)]
+    pub lua_filter_from_env: bool,
+
+    /// List every file, system and virtual-environment files included,
+    /// instead of folding them.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Write the table and summary to FILE instead of standard error.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Also write the profile as JSON to FILE (schema: docs/profile.md).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Also write a Chrome trace-event file (Perfetto, chrome://tracing).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+
+    /// Also draw the run as an SVG picture: the process tree on a time
+    /// line, its opens, and the start-up each checkpoint would skip.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 
     #[command(flatten)]
     pub program: ProgramArgs,
@@ -377,13 +438,16 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut matches = command.try_get_matches_from(args)?;
     // Read before the values are taken out of the matches.
     let lua_filter_from_env = matches
-        .subcommand_matches("run")
-        .and_then(|run| run.value_source("lua_filter"))
+        .subcommand()
+        .and_then(|(_, sub)| sub.try_get_raw("lua_filter").ok().flatten().map(|_| sub))
+        .and_then(|sub| sub.value_source("lua_filter"))
         == Some(clap::parser::ValueSource::EnvVariable);
     let mut cli =
         Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))?;
-    if let Command::Run(run) = &mut cli.command {
-        run.lua_filter_from_env = lua_filter_from_env;
+    match &mut cli.command {
+        Command::Run(run) => run.lua_filter_from_env = lua_filter_from_env,
+        Command::Profile(profile) => profile.lua_filter_from_env = lua_filter_from_env,
+        _ => {}
     }
     Ok(cli)
 }
@@ -391,13 +455,24 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
 impl RunArgs {
     /// The Lua patterns, labelled with where the user gave them.
     pub fn lua_patterns(&self) -> Option<crate::filter::LuaPatterns<'_>> {
-        let patterns = self.lua_filter.as_deref()?;
-        Some(if self.lua_filter_from_env {
-            crate::filter::LuaPatterns::environment(patterns)
-        } else {
-            crate::filter::LuaPatterns::flag(patterns)
-        })
+        lua_patterns(self.lua_filter.as_deref(), self.lua_filter_from_env)
     }
+}
+
+impl ProfileArgs {
+    /// As [`RunArgs::lua_patterns`].
+    pub fn lua_patterns(&self) -> Option<crate::filter::LuaPatterns<'_>> {
+        lua_patterns(self.lua_filter.as_deref(), self.lua_filter_from_env)
+    }
+}
+
+fn lua_patterns(patterns: Option<&str>, from_env: bool) -> Option<crate::filter::LuaPatterns<'_>> {
+    let patterns = patterns?;
+    Some(if from_env {
+        crate::filter::LuaPatterns::environment(patterns)
+    } else {
+        crate::filter::LuaPatterns::flag(patterns)
+    })
 }
 
 /// The subcommand used when none is named: `forkmon -- PROGRAM` and
@@ -683,7 +758,7 @@ mod tests {
             top.contains("forkmon\\-run(1)") && !top.contains("forkmon\\-help"),
             "{top}"
         );
-        for name in ["run", "trace", "completions", "man"] {
+        for name in ["run", "trace", "profile", "completions", "man"] {
             let page = String::from_utf8(man(Some(name)).unwrap()).unwrap();
             assert!(page.contains(&format!(".TH forkmon-{name} 1")), "{page}");
         }

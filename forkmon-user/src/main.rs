@@ -16,6 +16,7 @@ mod output;
 mod paths;
 mod priority;
 mod procfs;
+mod profile;
 mod python;
 mod run;
 mod stats;
@@ -79,6 +80,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::trace(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::Profile(args) => profile::profile(args).await,
             Command::Completions { shell } => print(&cli::completions(shell)),
             Command::Man { subcommand } => print(&cli::man(subcommand.as_deref())?),
         }

@@ -367,7 +367,7 @@ fn owned(record: Record) -> Owned {
 
 /// The stub library in an anonymous in-memory file: the target loads it as
 /// `/proc/self/fd/N`, and nothing is ever written to disk.
-fn stub_memfd() -> anyhow::Result<OwnedFd> {
+pub(crate) fn stub_memfd() -> anyhow::Result<OwnedFd> {
     let fd = nix::sys::memfd::memfd_create(c"forkmon-stub", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
         .context("cannot create the stub's memfd")?;
     let mut file = fs::File::from(fd);

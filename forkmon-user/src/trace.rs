@@ -18,6 +18,7 @@ use nix::{
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    channel::{Registration, Registrations},
     cli::TraceArgs,
     events::{Events, poll_fd},
     launcher::{self, TargetUser},
@@ -40,10 +41,6 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
         None => Box::new(io::stderr()),
     };
     let mut events = Events::new(probes.take_events()).context("cannot poll the ring buffer")?;
-    let mut logger = match probes.logger.take() {
-        Some(logger) => Some(poll_fd(logger).context("cannot poll the eBPF log")?),
-        None => None,
-    };
     let mut signals = Signals::new()?;
     let setup = launcher::Setup {
         stdin: None,
@@ -56,24 +53,86 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
         let _ = writeln!(sink, "{}", OpenLine::header());
     }
 
-    let mut print = |record: Record| match record {
-        Record::Open(open) => {
-            let line = OpenLine::new(open, target.resolve(open), start_ns);
-            let text = if args.json {
-                line.to_json()
-            } else {
-                line.to_table_row()
-            };
-            let _ = writeln!(sink, "{text}");
+    let mut printer = Printer {
+        sink: &mut sink,
+        target: &mut target,
+        json: args.json,
+        start_ns,
+    };
+    let status = observe(
+        &mut probes,
+        pid,
+        &mut events,
+        &mut signals,
+        None,
+        &mut printer,
+    )
+    .await?;
+    let _ = sink.flush();
+    Ok(status)
+}
+
+/// `trace`'s observer: one line per open, as it arrives.
+struct Printer<'a> {
+    sink: &'a mut Box<dyn Write>,
+    target: &'a mut Target,
+    json: bool,
+    start_ns: u64,
+}
+
+impl Observer for Printer<'_> {
+    fn on_record(&mut self, record: Record) {
+        match record {
+            Record::Open(open) => {
+                let line = OpenLine::new(open, self.target.resolve(open), self.start_ns);
+                let text = if self.json {
+                    line.to_json()
+                } else {
+                    line.to_table_row()
+                };
+                let _ = writeln!(self.sink, "{text}");
+            }
+            Record::Process(process) => self.target.on_process(&process),
         }
-        Record::Process(process) => target.on_process(&process),
+    }
+}
+
+/// What a command that watches a run is handed as it goes.
+pub trait Observer {
+    /// A record from the kernel, in the order the ring buffer holds them.
+    fn on_record(&mut self, record: Record);
+    /// A message on the stub socket (only when the program was started
+    /// with the stub). The stub that sent a `Hello` waits until it is
+    /// answered.
+    fn on_stub(&mut self, _registration: Registration) {}
+}
+
+/// Runs until the program `pid` exits and returns its exit status as a
+/// shell reports it. Every record goes to `observer`, and with `stubs`
+/// every stub message; Ctrl-C and SIGTERM are passed to the program, and
+/// what is left of its tree is killed [`GRACE`] later.
+pub async fn observe(
+    probes: &mut Probes,
+    pid: Pid,
+    events: &mut Events,
+    signals: &mut Signals,
+    stubs: Option<&Registrations>,
+    observer: &mut dyn Observer,
+) -> anyhow::Result<u8> {
+    let mut logger = match probes.logger.take() {
+        Some(logger) => Some(poll_fd(logger).context("cannot poll the eBPF log")?),
+        None => None,
     };
     let mut deadline: Option<tokio::time::Instant> = None;
     let status = loop {
         tokio::select! {
             ready = events.readable() => {
                 ready.context("reading the ring buffer")?;
-                events.drain(&mut print);
+                events.drain(|record| observer.on_record(record));
+            }
+            Some(ready) = stub_messages(stubs) => {
+                ready.context("reading the stub socket")?;
+                drain_stubs(stubs, observer)?;
             }
             Some(ready) = readable_mut(&mut logger) => {
                 let mut guard = ready.context("reading the eBPF log")?;
@@ -94,18 +153,37 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<u8> {
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
             }
             _ = sleep_until(deadline) => {
-                kill_tree(&probes);
+                kill_tree(probes);
             }
         }
     };
     // Records of the program's last opens are in the ring before its exit.
-    events.drain(&mut print);
-    let _ = sink.flush();
+    drain_stubs(stubs, observer)?;
+    events.drain(|record| observer.on_record(record));
     if deadline.is_some() {
-        kill_tree(&probes);
+        kill_tree(probes);
     }
     report_losses(probes.losses());
     Ok(status)
+}
+
+async fn stub_messages(stubs: Option<&Registrations>) -> Option<io::Result<()>> {
+    match stubs {
+        Some(stubs) => Some(stubs.readable().await),
+        None => std::future::pending().await,
+    }
+}
+
+fn drain_stubs(stubs: Option<&Registrations>, observer: &mut dyn Observer) -> anyhow::Result<()> {
+    for registration in stubs
+        .map(Registrations::drain)
+        .transpose()?
+        .into_iter()
+        .flatten()
+    {
+        observer.on_stub(registration);
+    }
+    Ok(())
 }
 
 /// Readiness of an optional fd; never ready when there is none.

@@ -335,6 +335,7 @@ fn examples_in_help() -> Vec<String> {
         None,
         Some("run"),
         Some("trace"),
+        Some("profile"),
         Some("completions"),
         Some("man"),
     ] {
@@ -620,6 +621,79 @@ fn check_restart_example(
     (running, dir)
 }
 
+/// `forkmon profile …` examples: the program runs to its end, keeps its
+/// stdout, and the table on stderr lists its files; each file asked for
+/// is written.
+fn check_profile_example(command: &str, dir: &Path) {
+    std::fs::create_dir_all(dir.join("pkg")).unwrap();
+    for (name, text) in [
+        ("app.py", "print('hello')\n"),
+        ("main.py", "import pkg.a\nprint('hello')\n"),
+        ("pkg/__init__.py", ""),
+        ("pkg/a.py", "X = 1\n"),
+        ("main.lua", "print('hello')\n"),
+        ("input.txt", "built\n"),
+        ("build.sh", "#!/bin/sh\ncat input.txt\n"),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    Command::new("chmod")
+        .args(["+x", "build.sh"])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    let (_, stdout, stderr) = finished(command, dir);
+    let program = command.rsplit(" -- ").next().unwrap();
+    let main = program.split(' ').next_back().unwrap();
+    assert_eq!(
+        stdout,
+        if main == "./build.sh" {
+            "built\n"
+        } else {
+            "hello\n"
+        },
+        "the program keeps its stdout"
+    );
+    let row = |file: &str| {
+        stderr
+            .lines()
+            .find(|row| {
+                row.ends_with(&format!("  {file}")) || row.ends_with(&format!("  {file} (.pyc)"))
+            })
+            .unwrap_or_else(|| panic!("no row for {file}: {stderr}"))
+            .to_owned()
+    };
+    assert!(stderr.trim_start().starts_with("TIME(ms)"), "{stderr}");
+    if main.ends_with(".sh") {
+        // A build script's input is read by a subprocess (cat).
+        assert!(row("input.txt").contains("no: subprocess"), "{stderr}");
+    } else {
+        assert!(row(main).contains(" yes "), "{stderr}");
+        assert!(stderr.contains("Suggested filter"), "{stderr}");
+    }
+    if command.contains("--all") {
+        assert!(!stderr.contains('┄'), "nothing folded: {stderr}");
+        assert!(stderr.contains("libc.so"), "{stderr}");
+    }
+    if command.contains("--filter '*.py'") {
+        assert!(row(main).contains(" match "), "{stderr}");
+    }
+    if main == "main.py" {
+        row("pkg/a.py");
+    }
+    for (flag, holds) in [
+        ("--svg", "<svg "),
+        ("--json", "\"schema\": \"forkmon-profile/1\""),
+        ("--trace", "\"traceEvents\":["),
+    ] {
+        if let Some(rest) = command.split(&format!("{flag} ")).nth(1) {
+            let file = rest.split(' ').next().unwrap();
+            let written = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(written.contains(holds), "{file} has no {holds}");
+        }
+    }
+}
+
 /// Runs `example` (as it runs here) and checks it does what it says.
 fn check_example(example: &str) {
     let command = as_run_here(example);
@@ -737,6 +811,13 @@ fn check_example(example: &str) {
         }
         "sudo forkmon --filter '*.py' -- python3 main.py" => {
             check_python_example(&command, "main.py")
+        }
+        "sudo forkmon profile -- python3 app.py"
+        | "sudo forkmon profile --all -- lua5.4 main.lua"
+        | "sudo forkmon profile --filter '*.py' --svg run.svg -- python3 app.py"
+        | "sudo forkmon profile --json run.json --trace run.trace.json -- ./build.sh"
+        | "sudo forkmon profile --svg run.svg -- python3 main.py" => {
+            check_profile_example(&command, dir)
         }
         "source <(forkmon completions bash)" => {
             let (_, stdout, _) = finished(&format!("{command}; complete -p forkmon"), dir);

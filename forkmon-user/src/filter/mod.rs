@@ -175,7 +175,7 @@ fn top_dir(path: &Path) -> Option<&OsStr> {
 /// [`ENVIRONMENT_DIRS`], or a Python standard library (`lib/python3.11`)
 /// — and the first it goes through is not named in `named` (a glob's
 /// text).
-fn in_environment(path: &Path, named: &str) -> bool {
+pub fn in_environment(path: &Path, named: &str) -> bool {
     let mut parent: Option<&OsStr> = None;
     for component in path.parent().into_iter().flat_map(Path::components) {
         let name = component.as_os_str();
