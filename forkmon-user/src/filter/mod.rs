@@ -269,6 +269,12 @@ impl Filter {
         }) || self.lua.iter().any(|pattern| lua_matches(pattern, bytes))
     }
 
+    /// Whether the project's `.gitignore`/`.ignore` files leave `abs_path`
+    /// out.
+    pub fn ignores(&self, abs_path: &Path) -> bool {
+        self.ignored.ignores(abs_path)
+    }
+
     /// Only excludes (or nothing) given: they narrow the default.
     fn is_default(&self) -> bool {
         self.includes.is_empty() && self.lua.is_empty()

@@ -312,7 +312,9 @@ pub fn analyze(run: &Collected, setup: &Setup) -> Profile {
         };
         let file = *index.entry(path.clone()).or_insert_with(|| {
             files.push(File {
-                filter: setup.filter.matches(&path),
+                // A directory the program listed matches no filter: only
+                // files become checkpoints.
+                filter: setup.filter.matches(&path) && setup.files.is_regular(&path) != Some(false),
                 origin: match origin(&path, setup.cwd, &venvs) {
                     // A file that is not there, outside the current
                     // directory: a loader's or interpreter's search path
@@ -320,6 +322,9 @@ pub fn analyze(run: &Collected, setup: &Setup) -> Profile {
                     Origin::User if open.ret < 0 && !path.starts_with(setup.cwd) => {
                         Origin::Environment
                     }
+                    // Build output, generated files: what the project's
+                    // ignore files leave out is not the user's work.
+                    Origin::User if setup.filter.ignores(&path) => Origin::Environment,
                     whose => whose,
                 },
                 path,
