@@ -148,21 +148,32 @@ pub struct TraceArgs {
     pub program: ProgramArgs,
 }
 
+/// The files `run` checkpoints at, and `profile` marks.
 #[derive(Debug, Args)]
-pub struct ProfileArgs {
-    /// The filter to mark files with, as `forkmon run --filter` takes it
-    /// (repeatable; `!GLOB` excludes). Without it or --lua-filter, the
-    /// filter is `run`'s default: files under the current directory.
+pub struct FilterArgs {
+    /// Files matching GLOB (repeatable; `!GLOB` excludes). A glob without
+    /// `/` matches file names anywhere (`*.lua`); one starting with `/` the
+    /// absolute path; others are relative to the current directory
+    /// (`src/**/*.rs`). Without it or --lua-filter: files under the current
+    /// directory.
     #[arg(long = "filter", value_name = "GLOB", allow_hyphen_values = true)]
     pub globs: Vec<String>,
 
-    /// Lua patterns, `;`-separated, as `forkmon run --lua-filter` takes them.
+    /// Lua patterns, `;`-separated, matched against the absolute path, as in
+    /// the C forkmon (e.g. `%.lua$`).
     #[arg(long = "lua-filter", value_name = "PATTERNS", env = "FORKMON_FILTER")]
     pub lua_filter: Option<String>,
 
-    /// Whether `lua_filter` came from FORKMON_FILTER rather than the flag.
+    /// Whether `lua_filter` came from FORKMON_FILTER rather than the flag
+    /// (errors name the one the user wrote).
     #[arg(skip)]
     pub lua_filter_from_env: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// List every file, system and virtual-environment files included,
     /// instead of folding them.
@@ -192,22 +203,8 @@ pub struct ProfileArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Checkpoint at files matching GLOB (repeatable; `!GLOB` excludes). A
-    /// glob without `/` matches file names anywhere (`*.lua`); one starting
-    /// with `/` the absolute path; others are relative to the current
-    /// directory (`src/**/*.rs`).
-    #[arg(long = "filter", value_name = "GLOB", allow_hyphen_values = true)]
-    pub globs: Vec<String>,
-
-    /// Lua patterns, `;`-separated, matched against the absolute path, as in
-    /// the C forkmon (e.g. `%.lua$`).
-    #[arg(long = "lua-filter", value_name = "PATTERNS", env = "FORKMON_FILTER")]
-    pub lua_filter: Option<String>,
-
-    /// Whether `lua_filter` came from FORKMON_FILTER rather than the flag
-    /// (errors name the one the user wrote).
-    #[arg(skip)]
-    pub lua_filter_from_env: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// Print nothing of forkmon's own.
     #[arg(short, long, env = "FORKMON_QUIET", value_parser = set_means_on, default_value = OFF)]
@@ -445,34 +442,23 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
     let mut cli =
         Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))?;
     match &mut cli.command {
-        Command::Run(run) => run.lua_filter_from_env = lua_filter_from_env,
-        Command::Profile(profile) => profile.lua_filter_from_env = lua_filter_from_env,
+        Command::Run(run) => run.filter.lua_filter_from_env = lua_filter_from_env,
+        Command::Profile(profile) => profile.filter.lua_filter_from_env = lua_filter_from_env,
         _ => {}
     }
     Ok(cli)
 }
 
-impl RunArgs {
+impl FilterArgs {
     /// The Lua patterns, labelled with where the user gave them.
     pub fn lua_patterns(&self) -> Option<crate::filter::LuaPatterns<'_>> {
-        lua_patterns(self.lua_filter.as_deref(), self.lua_filter_from_env)
+        let patterns = self.lua_filter.as_deref()?;
+        Some(if self.lua_filter_from_env {
+            crate::filter::LuaPatterns::environment(patterns)
+        } else {
+            crate::filter::LuaPatterns::flag(patterns)
+        })
     }
-}
-
-impl ProfileArgs {
-    /// As [`RunArgs::lua_patterns`].
-    pub fn lua_patterns(&self) -> Option<crate::filter::LuaPatterns<'_>> {
-        lua_patterns(self.lua_filter.as_deref(), self.lua_filter_from_env)
-    }
-}
-
-fn lua_patterns(patterns: Option<&str>, from_env: bool) -> Option<crate::filter::LuaPatterns<'_>> {
-    let patterns = patterns?;
-    Some(if from_env {
-        crate::filter::LuaPatterns::environment(patterns)
-    } else {
-        crate::filter::LuaPatterns::flag(patterns)
-    })
 }
 
 /// The subcommand used when none is named: `forkmon -- PROGRAM` and
@@ -739,8 +725,8 @@ mod tests {
         };
         // (The test environment does not set FORKMON_FILTER.)
         let flag = run(&["forkmon", "--lua-filter", "%", "--", "x"]);
-        assert_eq!(flag.lua_patterns().unwrap().origin, "--lua-filter");
-        assert!(run(&["forkmon", "--", "x"]).lua_patterns().is_none());
+        assert_eq!(flag.filter.lua_patterns().unwrap().origin, "--lua-filter");
+        assert!(run(&["forkmon", "--", "x"]).filter.lua_patterns().is_none());
     }
 
     #[test]

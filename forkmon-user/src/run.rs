@@ -45,7 +45,7 @@ static STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libforkmon_stub.s
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let filter = Filter::new(&args.globs, args.lua_patterns(), &cwd)?;
+    let filter = Filter::new(&args.filter.globs, args.filter.lua_patterns(), &cwd)?;
     let journal = args.events.as_deref().map(Journal::open).transpose()?;
     let report = Reporter::new(args.quiet, crate::output::stderr_color(args.no_color))
         .clearing(args.clear)

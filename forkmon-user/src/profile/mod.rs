@@ -22,7 +22,7 @@ mod table;
 
 pub async fn profile(args: ProfileArgs) -> anyhow::Result<u8> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let filter = Filter::new(&args.globs, args.lua_patterns(), &cwd)?;
+    let filter = Filter::new(&args.filter.globs, args.filter.lua_patterns(), &cwd)?;
     // Refused before the program runs, not after: a run may take long.
     for path in [&args.output, &args.json, &args.trace, &args.svg]
         .into_iter()
