@@ -47,6 +47,8 @@ struct FakeSystem {
     alive: HashMap<i32, i32>,
     connected: HashSet<i32>,
     groups: u32,
+    /// Each group's parent group.
+    nested_in: HashMap<u32, u32>,
     members: HashMap<u32, Vec<i32>>,
     /// Groups that still hold processes when asked.
     busy: HashSet<u32>,
@@ -68,6 +70,7 @@ impl FakeSystem {
             alive: HashMap::from([(TARGET, 1)]),
             connected: HashSet::new(),
             groups: 1,
+            nested_in: HashMap::new(),
             members: HashMap::from([(0, vec![TARGET])]),
             busy: HashSet::new(),
             threads: HashMap::new(),
@@ -148,6 +151,7 @@ impl System for FakeSystem {
     fn new_group(&mut self, parent: u32) -> anyhow::Result<u32> {
         let group = self.groups;
         self.groups += 1;
+        self.nested_in.insert(group, parent);
         self.did.push(Did::NewGroup { group, parent });
         Ok(group)
     }
@@ -166,13 +170,16 @@ impl System for FakeSystem {
     }
 
     fn all_members(&self, group: u32) -> Vec<i32> {
-        // The groups nested in `group`, as the supervisor made them.
+        // The groups nested in `group`, as the supervisor made them (in
+        // order: a parent before its children).
         let mut groups = vec![group];
-        for did in &self.did {
-            if let Did::NewGroup { group, parent } = did
-                && groups.contains(parent)
+        for nested in 0..self.groups {
+            if self
+                .nested_in
+                .get(&nested)
+                .is_some_and(|p| groups.contains(p))
             {
-                groups.push(*group);
+                groups.push(nested);
             }
         }
         groups
@@ -1164,4 +1171,37 @@ fn the_checkpoints_own_child_is_no_start_up_even_if_forked_before_the_verdict() 
     s.reads(101, "data");
     s.changed("data");
     assert_eq!(s.take_restart(), None, "a resume from a.txt reads it again");
+}
+
+#[test]
+fn a_restart_signals_what_runs_never_the_frozen_checkpoints() {
+    let mut s = supervisor();
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    spawns(&mut s, 101, 201);
+    s.take_did();
+    let restart = Restart {
+        file: None,
+        why: "key R".into(),
+    };
+    s.stop_for_restart(&restart, 0, Signal::SIGTERM, Duration::ZERO)
+        .unwrap();
+    let did = s.take_did();
+    assert!(
+        did.contains(&Did::Signalled(101, Signal::SIGTERM)),
+        "{did:?}"
+    );
+    assert!(
+        did.contains(&Did::Signalled(201, Signal::SIGTERM)),
+        "{did:?}"
+    );
+    assert!(
+        !did.contains(&Did::Signalled(TARGET, Signal::SIGTERM)),
+        "a signal would run the program's handler in the checkpoint: {did:?}"
+    );
+    assert_eq!(
+        did.last(),
+        Some(&Did::KilledNow(0)),
+        "then all of it: {did:?}"
+    );
 }
