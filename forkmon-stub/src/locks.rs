@@ -260,11 +260,9 @@ unsafe fn lock_owned_at(field: usize, start: usize, end: usize, tid: i32) -> boo
     // The lock's words, if it fits in [start, end).
     let lock_at = |offset: usize, size: usize| {
         let at = field.checked_sub(offset)?;
-        (at >= start && at + size <= end).then(|| {
-            move |index: usize| {
-                // SAFETY: index < size / 4: within [start, end), readable.
-                unsafe { ptr::read_volatile((at as *const i32).add(index)) }
-            }
+        (at >= start && at + size <= end).then_some(move |index: usize| {
+            // SAFETY: index < size / 4: within [start, end), readable.
+            unsafe { ptr::read_volatile((at as *const i32).add(index)) }
         })
     };
     // pthread_mutex_t: __lock, __count, __owner, __nusers, __kind,

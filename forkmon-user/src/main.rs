@@ -16,6 +16,7 @@ mod priority;
 mod procfs;
 mod python;
 mod run;
+mod static_elf;
 mod supervisor;
 mod target;
 mod trace;
