@@ -15,12 +15,12 @@
 //! `setlocale` waits for ever. glibc's `fork()` re-initialises the
 //! loader's lock in the child; `_Fork()` repairs nothing.
 //!
-//! So at a candidate open the stub looks for such locks held by the
-//! opening thread in glibc's own data (the writable segments of libc and
-//! ld.so, where all of them live), and each child forked from the
-//! checkpoint makes itself their owner before it returns to the program:
-//! what `fork()` does for the loader's lock, with the count kept, so the
-//! library call in progress ends as it would have. Locks that remember
+//! So at a candidate open the stub notes the opening thread, and each
+//! child forked from the checkpoint looks for such locks that thread holds
+//! in glibc's own data (the writable segments of libc and ld.so, where all
+//! of them live) and makes itself their owner before it returns to the
+//! program: what `fork()` does for the loader's lock, with the count kept,
+//! so the library call in progress ends as it would have. Locks that remember
 //! their owner by thread pointer (stdio's, libc's internal recursive
 //! locks: the same address in the child) or not at all (plain internal
 //! locks, `pthread_once`) need nothing.
