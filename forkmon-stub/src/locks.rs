@@ -275,8 +275,7 @@ unsafe fn lock_owned_at(field: usize, start: usize, end: usize, tid: i32) -> boo
             && lock != 0
             && users >= 1
             && (word(6), word(7), word(8), word(9)) == (0, 0, 0, 0)
-            && ((kind == MUTEX_RECURSIVE && count >= 1)
-                || (kind == MUTEX_ERRORCHECK && count == 0))
+            && ((kind == MUTEX_RECURSIVE && count >= 1) || (kind == MUTEX_ERRORCHECK && count == 0))
         {
             return true;
         }
@@ -312,7 +311,6 @@ const MUTEX_ERRORCHECK: i32 = 2;
 /// `__readers` while a writer holds the lock: `PTHREAD_RWLOCK_WRPHASE`
 /// and `PTHREAD_RWLOCK_WRLOCKED`.
 const RWLOCK_WRITE_HELD: u32 = 0b11;
-
 
 /// Forgets where glibc's locks are (`ENV_FORGET_LOCKS`, for tests): the
 /// stub then refuses the loader's opens rather than hang.

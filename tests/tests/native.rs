@@ -357,18 +357,18 @@ fn c_plugin_example_runs_each_rebuild() {
         source.replace("hello from the plugin", "copied in place"),
     )
     .unwrap();
-    run_ok(
-        d,
-        "cc",
-        &["-shared", "-fPIC", "-o", "new.so", "plugin.c"],
-    );
+    run_ok(d, "cc", &["-shared", "-fPIC", "-o", "new.so", "plugin.c"]);
     let inode = |path: &Path| {
         use std::os::unix::fs::MetadataExt as _;
         fs::metadata(path).unwrap().ino()
     };
     let before = inode(&d.join("libplugin.so"));
     run_ok(d, "cp", &["new.so", "libplugin.so"]);
-    assert_eq!(before, inode(&d.join("libplugin.so")), "cp rewrites in place");
+    assert_eq!(
+        before,
+        inode(&d.join("libplugin.so")),
+        "cp rewrites in place"
+    );
     forkmon.wait_stdout("plugin: copied in place", 1);
     assert_started_once(&forkmon, "start-up done");
 }
