@@ -206,6 +206,10 @@ pub unsafe fn may_fork(tid: i32, return_address: usize) -> Held {
 /// In a single-threaded child, before it returns to the program.
 pub unsafe fn hand_to_child() {
     let parent = HELD_BY.load(Ordering::Relaxed);
+    if parent == 0 {
+        // No handler ran in this process (no thread to look for).
+        return;
+    }
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     for region in 0..REGIONS.len.load(Ordering::Relaxed) {

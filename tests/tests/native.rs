@@ -140,6 +140,45 @@ fn checkpoints_inside_dlopen_finish_the_call_and_resume() {
     assert_started_once(&forkmon, "startup");
 }
 
+/// A plugin's constructor runs inside `dlopen`, under the loader's lock:
+/// a checkpoint at the file it reads (an open made by libc, not by the
+/// loader) leaves the child owning that lock too.
+#[test]
+fn a_checkpoint_in_a_plugins_constructor_resumes() {
+    if !bpf_available("a_checkpoint_in_a_plugins_constructor_resumes") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    fs::write(
+        d.join("plugin.c"),
+        "#include <stdio.h>\n\
+         static char conf[64];\n\
+         __attribute__((constructor)) static void load(void) {\n\
+             FILE *f = fopen(\"plugin.conf\", \"r\");\n\
+             if (f) { fscanf(f, \"%63s\", conf); fclose(f); }\n\
+         }\n\
+         const char *greet(void) { return conf; }\n",
+    )
+    .unwrap();
+    run_ok(
+        d,
+        "cc",
+        &["-shared", "-fPIC", "-o", "libplugin.so", "plugin.c"],
+    );
+    fs::write(d.join("plugin.conf"), "one\n").unwrap();
+    let host = fixture("library_opens");
+    let forkmon = Forkmon::start(
+        d,
+        &["--filter", "plugin.conf"],
+        &[host.to_str().unwrap(), "dlopen", "./libplugin.so"],
+    );
+    forkmon.wait_stdout("done pid=", 1);
+    save(&d.join("plugin.conf"), "two\n");
+    forkmon.wait_stdout("greet=two\ncos=found\ndone pid=", 1);
+    assert_started_once(&forkmon, "startup");
+}
+
 /// Where the stub cannot tell which lock the loader holds (here: told to
 /// forget where glibc's locks are, as on a glibc it does not know), a
 /// checkpoint inside `dlopen` is refused in one line, and the program
