@@ -322,3 +322,125 @@ pub fn forget() {
     REGIONS.len.store(0, Ordering::Relaxed);
     REGIONS.loader_data.store(false, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the lock at `lock` (of `size` bytes) is seen as held by
+    /// `tid`, looked for as the children do: by its owner field.
+    fn seen_held<T>(lock: &T, tid: i32) -> bool {
+        let start = lock as *const T as usize;
+        let end = start + size_of::<T>();
+        (start..end).step_by(8).any(|field| {
+            // SAFETY: reads within the lock, which outlives the call.
+            let value = unsafe { ptr::read_volatile(field as *const i32) };
+            // SAFETY: [start, end) is the lock itself, 8-aligned.
+            value == tid && unsafe { lock_owned_at(field, start, end, tid) }
+        })
+    }
+
+    /// The ABI the scan relies on, checked on this glibc with real locks:
+    /// a recursive and an error-checking mutex, and a rwlock held for
+    /// writing, are seen while this thread holds them, never otherwise
+    /// (unlocked, or held for reading, or by another thread's id).
+    #[test]
+    fn glibcs_tid_owned_locks_are_seen_only_while_held() {
+        // SAFETY: gettid has no preconditions; each lock is initialised
+        // before use and used from this thread only.
+        unsafe {
+            let me = libc::gettid();
+            for kind in [
+                libc::PTHREAD_MUTEX_RECURSIVE,
+                libc::PTHREAD_MUTEX_ERRORCHECK,
+            ] {
+                let mut attr: libc::pthread_mutexattr_t = core::mem::zeroed();
+                libc::pthread_mutexattr_init(&mut attr);
+                libc::pthread_mutexattr_settype(&mut attr, kind);
+                let mut mutex: libc::pthread_mutex_t = core::mem::zeroed();
+                libc::pthread_mutex_init(&mut mutex, &attr);
+                assert!(!seen_held(&mutex, me), "unlocked, kind {kind}");
+                libc::pthread_mutex_lock(&mut mutex);
+                assert!(seen_held(&mutex, me), "locked, kind {kind}");
+                assert!(!seen_held(&mutex, me + 1), "another thread's id");
+                libc::pthread_mutex_unlock(&mut mutex);
+                assert!(!seen_held(&mutex, me), "unlocked again, kind {kind}");
+            }
+
+            let mut rwlock: libc::pthread_rwlock_t = core::mem::zeroed();
+            libc::pthread_rwlock_init(&mut rwlock, ptr::null());
+            libc::pthread_rwlock_rdlock(&mut rwlock);
+            assert!(!seen_held(&rwlock, me), "held for reading");
+            libc::pthread_rwlock_unlock(&mut rwlock);
+            libc::pthread_rwlock_wrlock(&mut rwlock);
+            assert!(seen_held(&rwlock, me), "held for writing");
+            libc::pthread_rwlock_unlock(&mut rwlock);
+            assert!(!seen_held(&rwlock, me), "unlocked");
+        }
+    }
+
+    /// On this glibc: the loader's data comes first, and the lock
+    /// `dl_iterate_phdr` holds while it calls back (the loader's
+    /// `dl_load_write_lock`) is found there, held by this thread.
+    #[test]
+    fn the_loaders_lock_is_found_in_its_data() {
+        unsafe extern "C" fn callback(
+            _info: *mut libc::dl_phdr_info,
+            _size: usize,
+            data: *mut c_void,
+        ) -> c_int {
+            // SAFETY: data is the test's counter; region 0 is the
+            // loader's data, found by `find`.
+            unsafe {
+                let found = &mut *data.cast::<usize>();
+                each_lock_held(0, libc::gettid(), |_| *found += 1);
+            }
+            1
+        }
+        // SAFETY: the only test that calls `find`; the callback only
+        // reads the loader's data.
+        unsafe {
+            find();
+            assert!(REGIONS.loader_data.load(Ordering::Relaxed));
+            assert!(
+                REGIONS.len.load(Ordering::Relaxed) >= 2,
+                "ld.so's and libc's"
+            );
+            assert!(REGIONS.loader_text[0].load(Ordering::Relaxed) != 0);
+            let mut found = 0usize;
+            libc::dl_iterate_phdr(Some(callback), (&mut found as *mut usize).cast());
+            assert_eq!(found, 1, "held inside dl_iterate_phdr");
+            let mut after = 0usize;
+            each_lock_held(0, libc::gettid(), |_| after += 1);
+            assert_eq!(after, 0, "released after it");
+        }
+    }
+
+    /// What a child does, on a recursive mutex locked twice: the new owner
+    /// unlocks it twice, and can lock it again.
+    #[test]
+    fn a_mutex_handed_over_is_released_by_its_new_owner() {
+        // SAFETY: as above; the owner field is rewritten as a child does.
+        unsafe {
+            let mut attr: libc::pthread_mutexattr_t = core::mem::zeroed();
+            libc::pthread_mutexattr_init(&mut attr);
+            libc::pthread_mutexattr_settype(&mut attr, libc::PTHREAD_MUTEX_RECURSIVE);
+            let mut mutex: libc::pthread_mutex_t = core::mem::zeroed();
+            libc::pthread_mutex_init(&mut mutex, &attr);
+            libc::pthread_mutex_lock(&mut mutex);
+            libc::pthread_mutex_lock(&mut mutex);
+            let me = libc::gettid();
+            // As the parent left it: owned by another thread id.
+            let owner =
+                (&mut mutex as *mut libc::pthread_mutex_t as usize + MUTEX_OWNER) as *mut i32;
+            ptr::write_volatile(owner, me + 1);
+            assert_eq!(libc::pthread_mutex_unlock(&mut mutex), libc::EPERM);
+            // Handed over.
+            ptr::write_volatile(owner, me);
+            assert_eq!(libc::pthread_mutex_unlock(&mut mutex), 0);
+            assert_eq!(libc::pthread_mutex_unlock(&mut mutex), 0);
+            assert_eq!(libc::pthread_mutex_trylock(&mut mutex), 0);
+            libc::pthread_mutex_unlock(&mut mutex);
+        }
+    }
+}
