@@ -8,6 +8,10 @@
 pub const ENV_SOCKET: &str = "FORKMON_STUB_SOCKET";
 /// Environment: set to "1" to flush C stdio buffers at each checkpoint.
 pub const ENV_FLUSH: &str = "FORKMON_STUB_FLUSH";
+/// Environment, for tests: set to "1", the stub forgets where glibc's
+/// locks are, as on a glibc whose locks it does not know: it must then
+/// refuse a checkpoint inside the loader rather than hang.
+pub const ENV_FORGET_LOCKS: &str = "FORKMON_STUB_FORGET_LOCKS";
 
 /// The signal the eBPF program sends at a candidate open: a real-time
 /// signal (SIGRTMAX - 2) no common runtime uses.
@@ -63,6 +67,12 @@ pub const CHECKPOINT_ATFORK: u64 = 1 << 10;
 /// (see [`CHECKPOINT_ATFORK`]): `EBUSY`, which neither `fork` nor
 /// `eventfd` returns.
 pub const FAILED_THREADS_LEFT: i32 = 16;
+
+/// `MSG_FAILED`'s errno when the open is inside library code that holds
+/// a lock a child could not take over (docs/mechanism.md, "glibc's
+/// locks"): `EDEADLK`, "Resource deadlock avoided", which neither `fork`
+/// nor `eventfd` returns. The process gives up the checkpoint and runs on.
+pub const FAILED_LOCK_HELD: i32 = 35;
 
 /// `CMD_CHECKPOINT` for an open made with `syscall` (an
 /// [`open_syscall`](crate::open_syscall) value), of a cache or not.

@@ -34,6 +34,7 @@ use core::{
     sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
 };
 
+mod locks;
 mod prefault;
 mod signals;
 
@@ -49,8 +50,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 use forkmon_common::open_syscall;
 use forkmon_common::stub::{
     CHECKPOINT_ATFORK, CHECKPOINT_CACHE, CMD_CHECKPOINT, CMD_FORK, CMD_FORK_STANDBY, CMD_GO,
-    CMD_MASK, ENV_FLUSH, ENV_SOCKET, FAILED_THREADS_LEFT, Message, REOPEN_MARK, StubMessage,
-    checkpoint_syscall, spin_budget_us,
+    CMD_MASK, ENV_FLUSH, ENV_FORGET_LOCKS, ENV_SOCKET, FAILED_LOCK_HELD, FAILED_THREADS_LEFT,
+    Message, REOPEN_MARK, StubMessage, checkpoint_syscall, spin_budget_us,
 };
 
 /// The registration socket shared by the whole tree.
@@ -106,6 +107,14 @@ unsafe fn init_unsafe() {
     // SAFETY: constructor context.
     if !unsafe { signals::install(handler as *const () as usize) } {
         return;
+    }
+    // SAFETY: constructor context (dl_iterate_phdr takes the loader's
+    // lock).
+    unsafe {
+        locks::find();
+        if env_int(ENV_FORGET_LOCKS) == Some(1) {
+            locks::forget();
+        }
     }
     // SAFETY: fstat into a buffer we own.
     unsafe {
@@ -276,9 +285,14 @@ extern "C" fn handler(sig: i32, info: *mut libc::siginfo_t, context: *mut libc::
         }
         let saved_errno = *libc::__errno_location();
         let me = libc::getpid();
+        // A lock the library this open is part of holds must pass to the
+        // children (or forbid the checkpoint).
+        let return_address =
+            (*context.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize];
+        let held = locks::may_fork(libc::gettid(), return_address as usize);
         // The fork is the slow part of a checkpoint: start it while forkmon
         // decides.
-        let early = if worth_forking_early(fd) {
+        let early = if held == locks::Held::Safe && worth_forking_early(fd) {
             fork_early(me)
         } else {
             Early::NotForked
@@ -294,7 +308,11 @@ extern "C" fn handler(sig: i32, info: *mut libc::siginfo_t, context: *mut libc::
             Early::NotForked => None,
         };
         let answer = answer_within(ANSWER_POLL_US);
-        if answer & CMD_MASK == CMD_CHECKPOINT {
+        if answer & CMD_MASK == CMD_CHECKPOINT && held == locks::Held::Unsafe {
+            // Its child would hang in the library: the program runs on
+            // here, and forkmon says why.
+            fail(me, fd, FAILED_LOCK_HELD, true);
+        } else if answer & CMD_MASK == CMD_CHECKPOINT {
             let call = OpenCall {
                 cache: answer & CHECKPOINT_CACHE != 0,
                 context: context.cast(),
@@ -488,6 +506,7 @@ unsafe fn fork_early(me: i32) -> Early {
                 if libc::getppid() != me {
                     libc::_exit(127);
                 }
+                locks::hand_to_child();
                 let parents = EVENTFD.swap(eventfd, Ordering::Relaxed);
                 libc::close(parents);
                 note_eventfd(eventfd);
@@ -669,6 +688,7 @@ unsafe fn fork_child(
             }
         };
         if let Forked::Child = forked {
+            locks::hand_to_child();
             become_child(checkpoint, fd, call, standby, resumed);
         }
         forked

@@ -19,6 +19,7 @@ mod procfs;
 mod profile;
 mod python;
 mod run;
+mod static_elf;
 mod stats;
 mod supervisor;
 mod target;

@@ -62,6 +62,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         crate::credentials::set_program_user(user)
             .context("cannot read its own supplementary groups")?;
     }
+    if let Some(path) = crate::static_elf::statically_linked(&args.program.argv[0]) {
+        report.warn(&format!(
+            "'{}' is statically linked: forkmon's stub cannot load into it, so it runs \
+             without checkpoints, and a change to a file it reads restarts it",
+            crate::output::escape_path(&path)
+        ));
+    }
     let session = Session::create().context("cannot set up the cgroup for the program")?;
     let watcher = Watcher::new(Delays {
         restart: args.restart_delay.0,

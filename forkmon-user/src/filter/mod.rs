@@ -265,7 +265,9 @@ impl Filter {
         self.includes.iter().any(|glob| {
             glob.matches(abs_path, &self.base)
                 && !glob.reaches_into_environment(abs_path, &self.base)
-                && (glob.scope == Scope::Absolute || !self.ignored.ignores(abs_path))
+                && (glob.scope == Scope::Absolute
+                    || glob.names_a_file()
+                    || !self.ignored.ignores(abs_path))
         }) || self.lua.iter().any(|pattern| lua_matches(pattern, bytes))
     }
 
@@ -384,6 +386,14 @@ struct PathGlob {
 }
 
 impl PathGlob {
+    /// Whether it names its file literally (`libplugin.so`,
+    /// `build/gen.py`): the user means that file, even one the ignore
+    /// files leave out (a build's output, as a plugin is).
+    fn names_a_file(&self) -> bool {
+        let name = self.text.rsplit('/').next().unwrap_or(&self.text);
+        !name.contains(['*', '?', '[', '{'])
+    }
+
     fn new(glob: &str, text: &str) -> Result<PathGlob, FilterError> {
         let error = |reason: String| FilterError::Glob {
             glob: text.to_owned(),
@@ -944,8 +954,11 @@ mod tests {
             assert!(!matches(globs, &generated), "{globs:?}");
             assert!(matches(globs, &mine), "{globs:?}");
         }
+        // Named: what it says.
         let absolute = format!("{}/generated/*.py", base.display());
         assert!(matches(&[&absolute], &generated));
+        assert!(matches(&["schema.py"], &generated));
+        assert!(matches(&["generated/schema.py"], &generated));
     }
 
     #[test]

@@ -1,0 +1,3 @@
+def greeting(buckets)
+  "hello from greeting.rb, #{buckets} buckets"
+end
