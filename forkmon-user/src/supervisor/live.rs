@@ -8,6 +8,7 @@ use std::{
         unix::fs::MetadataExt as _,
     },
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,9 +18,9 @@ use nix::{
     unistd::Pid,
 };
 
-use super::System;
+use super::{Adoption, System};
 use crate::{
-    cgroup::{CgroupError, GroupId, Session},
+    cgroup::{CgroupError, GroupId, Session, Sweep},
     channel::{Kernel, send_command},
     loader::Probes,
     priority::Policy,
@@ -139,6 +140,14 @@ impl System for LiveSystem {
             }
             result => Ok(result?),
         }
+    }
+
+    fn adopt(&mut self, group: GroupId, adoption: Adoption<GroupId>) -> anyhow::Result<()> {
+        let (child, from) = (adoption.child, adoption.from);
+        let sweep: Sweep = Arc::new(move |pid| adoption.takes(pid, procfs::alive_parent));
+        Ok(self
+            .session
+            .add_process_later(group, child, from, sweep)?)
     }
 
     fn members(&self, group: GroupId) -> anyhow::Result<Vec<i32>> {
