@@ -955,6 +955,20 @@ impl<S: System> Supervisor<S> {
             self.cut_chain(index);
             self.program = Program::Running { pid, group };
             self.system.prepare(group);
+            // It read the file: a change to it restarts the program (or
+            // resumes it from the checkpoint it runs below, its parent).
+            if let Some(identity) = self.system.file(&file) {
+                let reader = Reader {
+                    comm: String::new(),
+                    ancestors: self.chain.iter().rev().map(|c| c.pid).collect(),
+                };
+                let why = if errno == FAILED_THREADS_LEFT {
+                    format!("it has {threads} threads")
+                } else {
+                    format!("cannot fork it: {error}")
+                };
+                self.note_read(&file, identity, pid, &reader, Some(why));
+            }
             if errno == FAILED_THREADS_LEFT {
                 // Its fork with handlers left threads the child would lack
                 // (the stub killed that child before it ran).
