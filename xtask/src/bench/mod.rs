@@ -17,6 +17,11 @@
 //! 4. Full restart (1 s start-up, from scratch) vs resume.
 //! 5. Memory of a 100 MB checkpoint (PSS, Private, page tables).
 //! 6. Scale: 1000 checkpoints — creation time, memory, resume latency.
+//! 7. Real programs (lua5.4 with a 200 MB heap, python3 after heavy
+//!    imports) and forkmon's resume next to the physical limit (an inotify
+//!    waiter), and what copy-on-write costs a heap written at once.
+//! 8. Restarts from scratch (node, a static binary): forkmon next to
+//!    `node --watch` and watchexec.
 //!
 //! The C fixtures live in `bench/fixtures/` and are built into
 //! `target/bench/`. Every process started here is a
