@@ -19,6 +19,7 @@ use nix::{
 };
 
 use super::{Adoption, System};
+use precopy::Precopier;
 use crate::{
     cgroup::{CgroupError, GroupId, Session, Sweep},
     channel::{Kernel, send_command},
@@ -27,6 +28,8 @@ use crate::{
     procfs,
     watcher::{Identity, WatchError, Watcher},
 };
+
+mod precopy;
 
 pub struct LiveSystem {
     pub probes: Probes,
@@ -38,6 +41,8 @@ pub struct LiveSystem {
     /// The stub socket's fd number in the program's processes, and its
     /// inode.
     stub_socket: (i32, u64),
+    /// Made at the first standby warmed.
+    precopier: Option<Precopier>,
 }
 
 impl LiveSystem {
@@ -53,6 +58,7 @@ impl LiveSystem {
             watcher,
             eventfds: HashMap::new(),
             stub_socket,
+            precopier: None,
         }
     }
 }
@@ -148,6 +154,33 @@ impl System for LiveSystem {
         Ok(self
             .session
             .add_process_later(group, child, from, sweep)?)
+    }
+
+    fn warm(&mut self, pid: i32) {
+        // For measuring what it saves (`cargo xtask bench --only 7`).
+        if std::env::var_os("FORKMON_NO_PRECOPY").is_some() {
+            return;
+        }
+        if self.precopier.is_none() {
+            match Precopier::new() {
+                Ok(precopier) => self.precopier = Some(precopier),
+                Err(e) => {
+                    log::debug!("cannot start the thread that copies standbys' pages: {e}");
+                    return;
+                }
+            }
+        }
+        if let Some(precopier) = &self.precopier {
+            precopier.start(pid);
+        }
+    }
+
+    fn before_go(&mut self, pid: i32) {
+        if let Some(precopier) = &self.precopier {
+            let started = std::time::Instant::now();
+            precopier.settle(pid);
+            log::debug!("settled standby {pid}'s copy in {:?}", started.elapsed());
+        }
     }
 
     fn members(&self, group: GroupId) -> anyhow::Result<Vec<i32>> {

@@ -118,6 +118,15 @@ pub trait System: Kernel {
     /// Removes the killed groups that are empty.
     fn reap_empty(&mut self);
 
+    /// `pid` is a standby of the checkpoint resumed last, the likeliest
+    /// to run next: the live system copies the pages it shares with its
+    /// checkpoint while it waits, within a memory budget, so the program
+    /// does not copy them on the resume's path (see `live::precopy`).
+    fn warm(&mut self, _pid: i32) {}
+    /// `pid`, a standby, is about to run the program: whatever `warm`
+    /// does to it stops first.
+    fn before_go(&mut self, _pid: i32) {}
+
     // Processes.
     fn kill(&mut self, pid: i32);
     /// What `pid`'s fd `fd` is, if it is a regular file.
@@ -429,6 +438,9 @@ pub struct Supervisor<S: System> {
     /// A resume under way since then: its line is said once the program
     /// runs.
     resuming: Option<Instant>,
+    /// The checkpoint resumed last: its standby is warmed (see
+    /// [`System::warm`]).
+    last_resumed: Option<usize>,
     /// The changed file that stopped the program, until that is said.
     trigger: Option<PathBuf>,
 }
@@ -474,6 +486,7 @@ impl<S: System> Supervisor<S> {
             stubbed: false,
             run_clock: (Instant::now(), Duration::ZERO),
             resuming: None,
+            last_resumed: None,
             trigger: None,
         }
     }
@@ -910,6 +923,11 @@ impl<S: System> Supervisor<S> {
             self.run_child(index, pid, start)?;
         } else {
             self.chain[index].next = Next::Standby(pid);
+            // Before any resume, the file opened last is likely the one
+            // being worked on.
+            if self.last_resumed.unwrap_or(self.chain.len() - 1) == index {
+                self.system.warm(pid);
+            }
         }
         if let Some(candidate) = self.unregistered.remove(&pid) {
             self.on_candidate(candidate)?;
@@ -1015,6 +1033,7 @@ impl<S: System> Supervisor<S> {
             self.system.arm(pid)?;
         }
         if start != Start::Running {
+            self.system.before_go(pid);
             self.system.send(pid, CMD_GO)?;
             // Woken or polling, perhaps on this CPU (see `prime_resume`):
             // let it go before the bookkeeping below.
@@ -1249,6 +1268,7 @@ impl<S: System> Supervisor<S> {
         };
         self.run_clock = (Instant::now(), Duration::ZERO);
         self.resuming = None;
+        self.last_resumed = None;
         self.trigger = None;
         self.system.prepare(root);
     }
@@ -1362,6 +1382,7 @@ impl<S: System> Supervisor<S> {
     /// run nothing, and thousands of them take long to exit.
     fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
         self.resuming = Some(Instant::now());
+        self.last_resumed = Some(index);
         self.stop_below(index)?;
         // Without a delay nothing was imminent: prime now, so that the
         // standby wakes while the killed program exits.

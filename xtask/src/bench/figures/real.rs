@@ -38,6 +38,9 @@ const LUA_HEAP_MB: u64 = 200;
 /// The goals: a resume within this many times the reference, plus the
 /// physical limit for the real programs.
 const GOAL_RATIO: f64 = 1.5;
+/// Between changes to a real program: as a person edits, long enough for
+/// the program to finish and its standby to be ready (and warmed).
+const EDIT_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn real_programs(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
     let n = b.plan.resumes;
@@ -146,8 +149,9 @@ fn bare_once(cmd: Command, what: &str, tag: &str, gc: bool) -> anyhow::Result<[f
     Ok([program, (read - before) as f64 / 1e6, gc_ms])
 }
 
-/// `lua5.4 heap.lua 200 gc`: bare runs, then one forkmon session resumed
-/// at each change of edited.lua.
+/// `lua5.4 heap.lua 200 gc`: bare runs, then forkmon sessions resumed at
+/// each change of edited.lua, with and without the standby's pages copied
+/// ahead.
 fn lua(b: &Bench, s: &mut Section, limit: Option<Stats>) -> anyhow::Result<()> {
     let script = fixture("heap.lua");
     let dir = tempdir()?;
@@ -166,61 +170,90 @@ fn lua(b: &Bench, s: &mut Section, limit: Option<Stats>) -> anyhow::Result<()> {
         bare_gc.push(gc);
         anyhow::Ok(())
     });
-    let (mut resume, mut resumed_gc) = (Vec::new(), Vec::new());
-    let resumes = (|| {
-        let mut forkmon = b.forkmon_run(
-            "forkmon run lua5.4 heap.lua",
-            dir.path(),
-            &Delays::ZERO.options(),
-            [
-                OsStr::new("lua5.4"),
-                script.as_os_str(),
-                OsStr::new(&LUA_HEAP_MB.to_string()),
-                OsStr::new("gc"),
-            ],
-            false,
-        )?;
-        forkmon.line(within(START_TIMEOUT), |l| l.starts_with("gc_ms="))?;
-        for k in 0..b.plan.resumes {
-            thread::sleep(Delays::ZERO.spacing());
-            let tag = b.content("l", k);
-            let (_, read) = change(&mut forkmon, &module, &source(&tag), &tag)?;
-            resume.push(read);
-            let gc = forkmon.line(within(RESUME_TIMEOUT), |l| {
-                l.starts_with("gc_ms=") && l.ends_with(&tag)
-            })?;
-            resumed_gc.push(number(&gc, "gc_ms")?);
-        }
-        anyhow::Ok(())
-    })();
     let what = format!("lua5.4, {LUA_HEAP_MB} MB heap, require");
     let bare = s.row(format!("{what}: bare, require → output (read)"), "ms", &bare);
-    let resumed = s.row(format!("{what}: forkmon resume (read)"), "ms", &resume);
-    s.goal(
-        format!("{what}: resume ≤ {GOAL_RATIO} × bare + limit (medians, read)"),
-        resumed.map(|r| r.median),
-        goal(bare, limit),
-        "ms",
-    );
     let gc_bare = s.row(
         format!("{what}: full collection after it, bare (CPU)"),
         "ms",
         &bare_gc,
     );
-    let gc_resumed = s.row(
-        format!("{what}: full collection after it, resumed (CPU)"),
-        "ms",
-        &resumed_gc,
-    );
-    if let (Some(bare), Some(resumed)) = (gc_bare, gc_resumed) {
-        s.note(format!(
-            "copy-on-write of a heap written at once ({LUA_HEAP_MB} MB Lua, full collection): \
-             resumed − bare = {:.1} ms (medians)",
-            resumed.median - bare.median
-        ));
-    }
     s.attempt("lua5.4 bare runs", bare_runs);
-    resumes
+    for precopy in [true, false] {
+        let (mut resume, mut resumed_gc) = (Vec::new(), Vec::new());
+        let how = if precopy { "" } else { ", no pages copied ahead" };
+        let resumes = (|| {
+            let mut forkmon = session(
+                b,
+                dir.path(),
+                [
+                    OsStr::new("lua5.4"),
+                    script.as_os_str(),
+                    OsStr::new(&LUA_HEAP_MB.to_string()),
+                    OsStr::new("gc"),
+                ],
+                precopy,
+            )?;
+            forkmon.line(within(START_TIMEOUT), |l| l.starts_with("gc_ms="))?;
+            for k in 0..b.plan.restarts * 2 {
+                thread::sleep(EDIT_SPACING);
+                let tag = b.content(if precopy { "l" } else { "n" }, k);
+                let (_, read) = change(&mut forkmon, &module, &source(&tag), &tag)?;
+                resume.push(read);
+                let gc = forkmon.line(within(RESUME_TIMEOUT), |l| {
+                    l.starts_with("gc_ms=") && l.ends_with(&tag)
+                })?;
+                resumed_gc.push(number(&gc, "gc_ms")?);
+            }
+            anyhow::Ok(())
+        })();
+        let resumed = s.row(format!("{what}: forkmon resume{how} (read)"), "ms", &resume);
+        if precopy {
+            s.goal(
+                format!("{what}: resume ≤ {GOAL_RATIO} × bare + limit (medians, read)"),
+                resumed.map(|r| r.median),
+                goal(bare, limit),
+                "ms",
+            );
+        }
+        let gc_resumed = s.row(
+            format!("{what}: full collection after it, resumed{how} (CPU)"),
+            "ms",
+            &resumed_gc,
+        );
+        if let (Some(bare), Some(resumed)) = (gc_bare, gc_resumed) {
+            s.note(format!(
+                "copy-on-write of a heap written at once ({LUA_HEAP_MB} MB Lua, full \
+                 collection){how}: resumed − bare = {:.1} ms (medians)",
+                resumed.median - bare.median
+            ));
+        }
+        s.attempt(format!("lua5.4 resumes{how}"), resumes);
+    }
+    Ok(())
+}
+
+/// `forkmon run --quiet` at delays 0/0 of `program` in `dir`, Python as
+/// users run it, and with the standby's pages copied ahead or not.
+fn session(
+    b: &Bench,
+    dir: &Path,
+    program: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    precopy: bool,
+) -> anyhow::Result<tests::forkmon::Forkmon> {
+    let mut run = Run::new(
+        as_root(&b.forkmon),
+        dir,
+        ["--quiet"]
+            .into_iter()
+            .map(String::from)
+            .chain(Delays::ZERO.options()),
+        program,
+    );
+    python_env(&mut run.command);
+    if !precopy {
+        run.command.env("FORKMON_NO_PRECOPY", "1");
+    }
+    run.start("forkmon run", setup(false))
 }
 
 fn goal(bare: Option<Stats>, limit: Option<Stats>) -> f64 {
@@ -238,7 +271,8 @@ fn python_env(cmd: &mut Command) {
 }
 
 /// `python3 heavy.py`: bare runs (after one that writes the caches), then
-/// one forkmon session resumed at each change of edited.py.
+/// forkmon sessions resumed at each change of edited.py, with and without
+/// the standby's pages copied ahead.
 fn python(b: &Bench, s: &mut Section, limit: Option<Stats>) -> anyhow::Result<()> {
     let script = fixture("heavy.py");
     let dir = tempdir()?;
@@ -256,55 +290,62 @@ fn python(b: &Bench, s: &mut Section, limit: Option<Stats>) -> anyhow::Result<()
         cmd
     };
     // The caches of an earlier run, as users have them.
-    let status = python(false).status()?;
+    let status = python(false).stdout(std::process::Stdio::null()).status()?;
     anyhow::ensure!(status.success(), "python3 heavy.py: {status}");
     let mut bare = Vec::new();
     let bare_runs = (0..b.plan.restarts).try_for_each(|_| {
+        // As after an edit: the cache is stale, Python compiles the source
+        // and writes the cache again (a resumed import does the same: the
+        // stub hides the cache from it).
+        for entry in fs::read_dir(dir.path().join("__pycache__"))? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("edited."))
+            {
+                fs::remove_file(path)?;
+            }
+        }
         let [program, _, _] = bare_once(python(true), "python3 heavy.py (bare)", &initial, false)?;
         bare.push(program);
         anyhow::Ok(())
     });
-    let mut resume = Vec::new();
-    let resumes = (|| {
-        let mut run = Run::new(
-            as_root(&b.forkmon),
-            dir.path(),
-            ["--quiet"]
-                .into_iter()
-                .map(String::from)
-                .chain(Delays::ZERO.options()),
-            [OsStr::new("python3"), script.as_os_str()],
-        );
-        python_env(&mut run.command);
-        let mut forkmon = run.start("forkmon run python3 heavy.py", setup(false))?;
-        forkmon.line(within(START_TIMEOUT), |l| {
-            l.ends_with(&format!("content={initial}"))
-        })?;
-        for k in 0..b.plan.resumes {
-            thread::sleep(Delays::ZERO.spacing());
-            let tag = b.content("p", k);
-            let (program, _) = change(&mut forkmon, &module, &source(&tag), &tag)?;
-            resume.push(program);
-        }
-        anyhow::Ok(())
-    })();
     let what = "python3, heavy imports, import";
     let bare = s.row(
-        format!("{what}: bare, import → output (program clock)"),
+        format!("{what}: bare, stale cache, import → output (program clock)"),
         "ms",
         &bare,
     );
-    let resumed = s.row(
-        format!("{what}: forkmon resume (program clock)"),
-        "ms",
-        &resume,
-    );
-    s.goal(
-        format!("{what}: resume ≤ {GOAL_RATIO} × bare + limit (medians, program clock)"),
-        resumed.map(|r| r.median),
-        goal(bare, limit),
-        "ms",
-    );
     s.attempt("python3 bare runs", bare_runs);
-    resumes
+    for precopy in [true, false] {
+        let how = if precopy { "" } else { ", no pages copied ahead" };
+        let mut resume = Vec::new();
+        let resumes = (|| {
+            let mut forkmon =
+                session(b, dir.path(), [OsStr::new("python3"), script.as_os_str()], precopy)?;
+            forkmon.line(within(START_TIMEOUT), |l| l.contains(" content="))?;
+            for k in 0..b.plan.resumes {
+                thread::sleep(EDIT_SPACING / 2);
+                let tag = b.content(if precopy { "p" } else { "q" }, k);
+                let (program, _) = change(&mut forkmon, &module, &source(&tag), &tag)?;
+                resume.push(program);
+            }
+            anyhow::Ok(())
+        })();
+        let resumed = s.row(
+            format!("{what}: forkmon resume{how} (program clock)"),
+            "ms",
+            &resume,
+        );
+        if precopy {
+            s.goal(
+                format!("{what}: resume ≤ {GOAL_RATIO} × bare + limit (medians, program clock)"),
+                resumed.map(|r| r.median),
+                goal(bare, limit),
+                "ms",
+            );
+        }
+        s.attempt(format!("python3 resumes{how}"), resumes);
+    }
+    Ok(())
 }
