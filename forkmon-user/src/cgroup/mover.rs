@@ -83,7 +83,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -252,7 +254,11 @@ fn carry_out(mv: &Move, cancelled: impl Fn() -> bool) {
 }
 
 fn move_one(mv: &Move, pid: i32) {
-    match write_file(mv.into_dir.as_fd(), "cgroup.procs", pid.to_string().as_bytes()) {
+    match write_file(
+        mv.into_dir.as_fd(),
+        "cgroup.procs",
+        pid.to_string().as_bytes(),
+    ) {
         Ok(()) => {}
         // Gone already: nothing to move.
         Err(e) if e.raw_os_error() == Some(Errno::ESRCH as i32) => {}

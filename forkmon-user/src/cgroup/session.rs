@@ -358,7 +358,8 @@ impl Session {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             if pidfd >= 0 {
                 // SAFETY: a new fd, ours alone.
-                let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
+                let pidfd =
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
                 self.dying.get_mut().push((group, pidfd));
             }
         }

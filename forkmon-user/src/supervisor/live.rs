@@ -19,7 +19,6 @@ use nix::{
 };
 
 use super::{Adoption, System};
-use precopy::Precopier;
 use crate::{
     cgroup::{CgroupError, GroupId, Session, Sweep},
     channel::{Kernel, send_command},
@@ -28,6 +27,7 @@ use crate::{
     procfs,
     watcher::{Identity, WatchError, Watcher},
 };
+use precopy::Precopier;
 
 mod precopy;
 
@@ -151,9 +151,7 @@ impl System for LiveSystem {
     fn adopt(&mut self, group: GroupId, adoption: Adoption<GroupId>) -> anyhow::Result<()> {
         let (child, from) = (adoption.child, adoption.from);
         let sweep: Sweep = Arc::new(move |pid| adoption.takes(pid, procfs::alive_parent));
-        Ok(self
-            .session
-            .add_process_later(group, child, from, sweep)?)
+        Ok(self.session.add_process_later(group, child, from, sweep)?)
     }
 
     fn warm(&mut self, pid: i32) {

@@ -1059,7 +1059,10 @@ impl<S: System> Supervisor<S> {
             startup: self.chain[index].startup.clone(),
         };
         self.system.adopt(group, adoption)?;
-        debug!("{pid} on its way into its cgroup in {:?}", started.elapsed());
+        debug!(
+            "{pid} on its way into its cgroup in {:?}",
+            started.elapsed()
+        );
         self.chain[index].below = Some((pid, group));
         self.program = Program::Running { pid, group };
         self.system.prepare(group);

@@ -22,7 +22,13 @@ use tests::{
 use super::Plan;
 use crate::{as_root, root_dir, run_checked};
 
-const FIXTURES: &[&str] = &["openat_loop", "checkpoint", "resume", "many_files", "waiter"];
+const FIXTURES: &[&str] = &[
+    "openat_loop",
+    "checkpoint",
+    "resume",
+    "many_files",
+    "waiter",
+];
 /// forkmon loading its eBPF programs, plus touching up to 1 GB.
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub const RESUME_TIMEOUT: Duration = Duration::from_secs(20);

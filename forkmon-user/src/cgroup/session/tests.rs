@@ -244,7 +244,7 @@ fn a_later_move_takes_the_child_and_what_it_started() {
         return;
     };
     let root = s.root();
-    let top = spawn_in(&s, root, "exec sleep 100");
+    let mut top = spawn_in(&s, root, "exec sleep 100");
     let stays = top.id() as i32;
     let mut child = spawn_in(&s, root, "sleep 100 & exec sleep 100");
     let pid = child.id() as i32;
@@ -267,6 +267,8 @@ fn a_later_move_takes_the_child_and_what_it_started() {
     s.kill(group).unwrap();
     assert!(killed(&mut child));
     assert_eq!(s.procs(root).unwrap(), [stays]);
+    drop(s);
+    assert!(killed(&mut top));
 }
 
 /// A kill of a group reaches the moves into it that are still pending:
@@ -305,6 +307,8 @@ fn a_kill_reaches_pending_moves() {
     });
     assert!(alive(&mut top));
     assert_eq!(s.procs(root).unwrap(), [stays]);
+    drop(s);
+    assert!(killed(&mut top));
 }
 
 /// A process that cannot be moved is named apart from the group's path:

@@ -50,7 +50,13 @@ fn budget() -> usize {
         .and_then(|info| {
             info.lines()
                 .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+                .and_then(|kb| {
+                    kb.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                })
         })
         .map_or(0, |kb| kb * 1024);
     (available / 4).min(MAX)
@@ -122,7 +128,9 @@ impl Drop for Precopier {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn work(shared: &Shared) {
@@ -208,7 +216,7 @@ fn copy(shared: &Shared, pid: i32) -> std::io::Result<Option<usize>> {
     if pages.len() * PAGE > budget {
         log::debug!(
             "standby {pid} shares {} MiB: over the {} MiB it may have of its own, not copied",
-            pages.len() * PAGE >> 20,
+            (pages.len() * PAGE) >> 20,
             budget >> 20
         );
         return Ok(None);
@@ -219,7 +227,10 @@ fn copy(shared: &Shared, pid: i32) -> std::io::Result<Option<usize>> {
         shared.in_flight.store(pid, SeqCst);
         if shared.cancelled.load(SeqCst) == pid {
             shared.in_flight.store(0, SeqCst);
-            log::debug!("standby {pid} runs: {copied} of {} pages copied", pages.len());
+            log::debug!(
+                "standby {pid} runs: {copied} of {} pages copied",
+                pages.len()
+            );
             return Ok(Some(copied));
         }
         let result = write_back(pid, batch, &mut bytes);
@@ -259,7 +270,14 @@ fn write_back(pid: i32, pages: &[usize], bytes: &mut [u8; BATCH]) -> std::io::Re
     let read = read as usize;
     // SAFETY: as above; only the bytes just read are written back.
     let written = unsafe {
-        libc::process_vm_writev(pid, local.as_ptr(), read as u64, remote.as_ptr(), read as u64, 0)
+        libc::process_vm_writev(
+            pid,
+            local.as_ptr(),
+            read as u64,
+            remote.as_ptr(),
+            read as u64,
+            0,
+        )
     };
     if written < 0 {
         return Err(std::io::Error::last_os_error());

@@ -25,7 +25,10 @@ pub const FIGURES: [(&str, Figure); 8] = [
     ("4. full restart vs resume", restart::full_restart),
     ("5. memory of a checkpoint", memory::memory),
     ("6. scale: 1000 checkpoints", scale::scale),
-    ("7. real programs and the physical limit", real::real_programs),
+    (
+        "7. real programs and the physical limit",
+        real::real_programs,
+    ),
     ("8. restarts: forkmon and its peers", peers::restart_peers),
 ];
 

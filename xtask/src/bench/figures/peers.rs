@@ -134,7 +134,11 @@ fn measure(
         let file = dir.path().join(program.file);
         let initial = b.content("i", 0);
         fs::write(&file, format!("{}\n", (program.source)(&initial)))?;
-        let mut p = start(format!("{tool} {}", program.name), command(dir.path()), false)?;
+        let mut p = start(
+            format!("{tool} {}", program.name),
+            command(dir.path()),
+            false,
+        )?;
         p.line(within(START_TIMEOUT), |l| {
             l.ends_with(&format!("content={initial}"))
         })?;
@@ -162,7 +166,13 @@ fn restart_once(p: &mut Process, file: &Path, content: &str, tag: &str) -> anyho
     Ok((number(&line, "t")? - written as f64) / 1e6)
 }
 
-fn compare(s: &mut Section, program: &Program, forkmon: Option<Stats>, peer: &str, theirs: Option<Stats>) {
+fn compare(
+    s: &mut Section,
+    program: &Program,
+    forkmon: Option<Stats>,
+    peer: &str,
+    theirs: Option<Stats>,
+) {
     if let (Some(ours), Some(theirs)) = (forkmon, theirs) {
         s.note(format!(
             "{}: forkmon's restart / {peer}'s = {:.2} (medians {:.1} / {:.1} ms)",

@@ -171,7 +171,11 @@ fn lua(b: &Bench, s: &mut Section, limit: Option<Stats>) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     let what = format!("lua5.4, {LUA_HEAP_MB} MB heap, require");
-    let bare = s.row(format!("{what}: bare, require → output (read)"), "ms", &bare);
+    let bare = s.row(
+        format!("{what}: bare, require → output (read)"),
+        "ms",
+        &bare,
+    );
     let gc_bare = s.row(
         format!("{what}: full collection after it, bare (CPU)"),
         "ms",
@@ -180,7 +184,11 @@ fn lua(b: &Bench, s: &mut Section, limit: Option<Stats>) -> anyhow::Result<()> {
     s.attempt("lua5.4 bare runs", bare_runs);
     for precopy in [true, false] {
         let (mut resume, mut resumed_gc) = (Vec::new(), Vec::new());
-        let how = if precopy { "" } else { ", no pages copied ahead" };
+        let how = if precopy {
+            ""
+        } else {
+            ", no pages copied ahead"
+        };
         let resumes = (|| {
             let mut forkmon = session(
                 b,
@@ -318,11 +326,19 @@ fn python(b: &Bench, s: &mut Section, limit: Option<Stats>) -> anyhow::Result<()
     );
     s.attempt("python3 bare runs", bare_runs);
     for precopy in [true, false] {
-        let how = if precopy { "" } else { ", no pages copied ahead" };
+        let how = if precopy {
+            ""
+        } else {
+            ", no pages copied ahead"
+        };
         let mut resume = Vec::new();
         let resumes = (|| {
-            let mut forkmon =
-                session(b, dir.path(), [OsStr::new("python3"), script.as_os_str()], precopy)?;
+            let mut forkmon = session(
+                b,
+                dir.path(),
+                [OsStr::new("python3"), script.as_os_str()],
+                precopy,
+            )?;
             forkmon.line(within(START_TIMEOUT), |l| l.contains(" content="))?;
             for k in 0..b.plan.resumes {
                 thread::sleep(EDIT_SPACING / 2);
