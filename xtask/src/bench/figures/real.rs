@@ -45,12 +45,18 @@ const EDIT_SPACING: std::time::Duration = std::time::Duration::from_secs(1);
 pub fn real_programs(b: &Bench, s: &mut Section) -> anyhow::Result<()> {
     let n = b.plan.resumes;
     s.note(format!(
-        "{n} changes each, written as figure 3 writes them (one write(2) over a file of the same \
-         length) at delays 0/0; \"program clock\": from the write returning to the program's own \
-         CLOCK_MONOTONIC stamp after it read the file; \"read\": to the bench reading the \
-         program's line (Lua has no monotonic clock; it adds the pipe and the bench's wake-up \
-         to every row timed so). Limit: `waiter`, inotify on the directory, then read the file \
-         and print — what any tool must do at least"
+        "changes written as figure 3 writes them (one write(2) over a file of the same length), \
+         forkmon at delays 0/0: {n} for the waiter and the C fixture (50 ms apart), {} for Lua \
+         (1 s apart, as a person edits: the standby is ready) and {n} for Python (0.5 s apart), \
+         each with and without the standby's pages copied ahead (FORKMON_NO_PRECOPY); bare \
+         runs: {} each, a fresh program that says \"ready\" before the open and is sent a byte. \
+         \"program clock\": from the write (or the byte) to the program's own CLOCK_MONOTONIC \
+         stamp after it read the file; \"read\": to the bench reading the program's line (Lua \
+         has no monotonic clock; the pipe and the bench's wake-up are in every row timed so). \
+         Limit: `waiter`, inotify on the directory, then read the file and print — what any \
+         tool must do at least",
+        b.plan.restarts * 2,
+        b.plan.restarts
     ));
     let limit = waiter(b, s);
     // forkmon's resume of the resume fixture, as in figure 3.
