@@ -539,13 +539,24 @@ fn threaded_process_is_not_checkpointed() {
     let dir = scratch();
     write(dir.path(), "data.txt", "one\n");
     let mut forkmon = Forkmon::start(dir.path(), &[], &[fixture("threads").to_str().unwrap()]);
+    // It runs to its end; the file it read restarts it (no checkpoint can
+    // serve it).
+    forkmon.wait_stderr("program exited with status 0, waiting for changes..", 1);
+    assert_eq!(forkmon.stdout(), "content=one\n");
+    thread::sleep(Duration::from_millis(200));
+    save_by_rename(&dir.path().join("data.txt"), "two\n");
+    forkmon.wait_stdout("content=two", 1);
+    forkmon.signal(libc::SIGINT);
     let status = forkmon.wait();
     assert!(status.success(), "{}", forkmon.stderr());
-    assert_eq!(forkmon.stdout(), "content=one\n");
     let err = forkmon.stderr();
     assert_eq!(
         err.matches("threads: not checkpointing").count(),
         1,
+        "one line says why, once:\n{err}"
+    );
+    assert!(
+        err.contains("changed, restarting (it has 2 threads)"),
         "{err}"
     );
     assert!(!err.contains("watch '"), "{err}");
