@@ -32,7 +32,7 @@ use std::{
         atomic::{AtomicI32, Ordering::SeqCst},
     },
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use forkmon_common::prefault::PAGE;
@@ -40,6 +40,11 @@ use forkmon_common::prefault::PAGE;
 /// Pages read and written back per pair of syscalls; also how long a
 /// [`Precopier::settle`] may wait (~4 µs a page here).
 const BATCH: usize = 16;
+
+/// How long a standby waits before its copy starts: changes that come
+/// faster (a save that formats the file, then saves again; the bench's 50
+/// ms) would only cut it short, having cost its CPU time and memory.
+const SETTLE_FIRST: Duration = Duration::from_millis(250);
 
 /// The most a standby is given of its own: a quarter of the memory
 /// available, at most 1 GiB.
@@ -112,6 +117,7 @@ impl Precopier {
                 job.0 = None;
             }
         }
+        self.shared.wake.notify_one();
         // Yielding: on two CPUs the copying thread may be waiting for this
         // one.
         while self.shared.in_flight.load(SeqCst) == pid {
@@ -150,6 +156,26 @@ fn work(shared: &Shared) {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
         };
+        // Not before it has waited a while, unless it runs before that.
+        {
+            let deadline = Instant::now() + SETTLE_FIRST;
+            let mut job = lock(&shared.job);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if job.1 || job.0.is_some() || left.is_zero() {
+                    break;
+                }
+                job = shared
+                    .wake
+                    .wait_timeout(job, left)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
+            }
+            if job.1 || job.0.is_some() || shared.cancelled.load(SeqCst) == pid {
+                // Closed, another standby to copy, or this one runs.
+                continue;
+            }
+        }
         let started = Instant::now();
         match copy(shared, pid) {
             Ok(Some(pages)) => log::debug!(
