@@ -193,8 +193,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
                 supervisor.on_watch_event(event?)?;
             }
             _ = signals.child.recv() => {
-                // As above: its last words first.
+                // As above: its last words first, and the opens it made
+                // (a read that does not wake forkmon: it may be the file
+                // whose change restarts the program).
+                let mut records = Vec::new();
+                events.drain(|record| records.push(owned(record)));
                 on_registrations(&mut supervisor, &registrations)?;
+                for record in records {
+                    on_record(&mut supervisor, &mut target, record)?;
+                }
                 if let Some(ended) = reap(&mut supervisor)? {
                     break match ended {
                         Ended::Exited(code) | Ended::CheckpointsDied(code) => code,

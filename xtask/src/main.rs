@@ -59,7 +59,7 @@ enum Task {
         quick: bool,
         /// Only these figures, by number (e.g. `--only 3,6`); the others
         /// are left out of the table and the report.
-        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=8))]
         only: Vec<u8>,
     },
 }

@@ -58,6 +58,8 @@
 //! - `session`: the session, its groups, killing and waiting;
 //! - `hierarchy`: where the cgroup v2 hierarchy and forkmon's own cgroup are;
 //! - `files`: the cgroup files and directories, one operation each;
+//! - `mover`: the thread that moves processes into groups, off the event
+//!   loop (a move waits for an RCU grace period);
 //! - `teardown`: killing and removing a whole session directory from
 //!   outside the session (the watchdog, a stale session);
 //! - `stale`: telling the sessions of dead runs from live ones, and
@@ -66,12 +68,14 @@ use std::{io, time::Duration};
 
 mod files;
 mod hierarchy;
+mod mover;
 mod session;
 mod stale;
 mod teardown;
 #[cfg(test)]
 mod testing;
 
+pub use mover::Sweep;
 pub use session::{GroupId, Session};
 pub use stale::hold_session;
 pub use teardown::clean_up_session;

@@ -3,6 +3,7 @@
 //! nested in it, waiting for it to empty, removing the directories. See
 //! the [module](super) for the layout.
 use std::{
+    cell::RefCell,
     collections::HashMap,
     fs::File,
     io::Write as _,
@@ -27,6 +28,7 @@ use super::{
         open_file, read_procs, rmdir_at, unlimit, wait_events_empty, wait_until_empty, write_file,
     },
     hierarchy::own_cgroup_dir,
+    mover::{Move, Mover, Sweep},
     stale,
     teardown::clean_up_session,
 };
@@ -98,6 +100,13 @@ pub struct Session {
     handed_over: bool,
     watchdog: Option<Watchdog>,
     prepared: Option<Prepared>,
+    /// The thread that moves processes, made at the first move (see
+    /// [`add_process_later`](Self::add_process_later)).
+    mover: Option<Mover>,
+    /// Children of moves cancelled by a kill: each with the group it was
+    /// on its way to, and a pidfd that [`wait_empty`](Self::wait_empty)
+    /// waits on, as on the group's members.
+    dying: RefCell<Vec<(GroupId, OwnedFd)>>,
 }
 
 /// Counts sessions made by this process, so each has its own name.
@@ -190,6 +199,8 @@ impl Session {
             handed_over: false,
             watchdog: None,
             prepared: None,
+            mover: None,
+            dying: RefCell::default(),
         };
         session.groups.insert(
             ROOT,
@@ -265,11 +276,106 @@ impl Session {
             .map_err(|e| CgroupError::moving(pid, self.describe(group), e))
     }
 
-    /// Pids of the processes directly in `group` (not in nested groups).
+    /// Moves `child` into `group` from a thread of its own, then what
+    /// `sweep` picks among the processes of `from` (what the child started
+    /// before its move); returns at once. Moves are done in the order
+    /// asked. Until done, [`procs`](Self::procs) counts them as done, and a
+    /// kill of `group` (or of a group it is nested in) kills them instead
+    /// (see `mover`).
+    pub fn add_process_later(
+        &mut self,
+        group: GroupId,
+        child: i32,
+        from: GroupId,
+        sweep: Sweep,
+    ) -> Result<(), CgroupError> {
+        let dup = |id: GroupId| -> Result<OwnedFd, CgroupError> {
+            self.live(id)?
+                .dir
+                .try_clone()
+                .map_err(|e| CgroupError::moving(child, self.describe(id), e))
+        };
+        let (into_dir, from_dir) = (dup(group)?, dup(from)?);
+        if self.mover.is_none() {
+            let mover =
+                Mover::new().map_err(|e| CgroupError::moving(child, self.describe(group), e))?;
+            self.mover = Some(mover);
+        }
+        if let Some(mover) = &self.mover {
+            mover.push(Move {
+                child,
+                into: group,
+                into_dir,
+                from_dir,
+                sweep,
+            });
+        }
+        Ok(())
+    }
+
+    /// Pids of the processes directly in `group` (not in nested groups),
+    /// with those on their way there (see
+    /// [`add_process_later`](Self::add_process_later)).
     pub fn procs(&self, group: GroupId) -> Result<Vec<i32>, CgroupError> {
         let node = self.live(group)?;
-        read_procs(node.dir.as_fd())
-            .map_err(|e| CgroupError::io("cannot read processes of", self.describe(group), e))
+        // The groups they come from first: a process moved meanwhile is
+        // then seen in one or the other.
+        let mut pids = match &self.mover {
+            Some(mover) => mover.pending_into(group),
+            None => Vec::new(),
+        };
+        let here = read_procs(node.dir.as_fd())
+            .map_err(|e| CgroupError::io("cannot read processes of", self.describe(group), e))?;
+        pids.retain(|pid| !here.contains(pid));
+        pids.extend(here);
+        Ok(pids)
+    }
+
+    /// Holds moves back (or lets them go on), so that tests see them
+    /// pending.
+    #[cfg(test)]
+    fn pause_moves(&mut self, paused: bool) {
+        if self.mover.is_none() {
+            self.mover = Some(Mover::new().unwrap());
+        }
+        if let Some(mover) = &self.mover {
+            mover.pause(paused);
+        }
+    }
+
+    /// Cancels the pending moves into `group` and the groups nested in it,
+    /// and kills their children now (see `mover`).
+    fn cancel_moves(&mut self, group: GroupId) {
+        let Some(mover) = &self.mover else {
+            return;
+        };
+        let doomed = self.nested(group);
+        for child in mover.cancel(|into| doomed.contains(&into)) {
+            let pid = nix::unistd::Pid::from_raw(child);
+            // A pidfd before the signal: the pid is not reused meanwhile.
+            // SAFETY: pidfd_open makes a new fd, which we own.
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) };
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            if pidfd >= 0 {
+                // SAFETY: a new fd, ours alone.
+                let pidfd =
+                    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
+                self.dying.get_mut().push((group, pidfd));
+            }
+        }
+    }
+
+    /// `group` and the groups nested in it.
+    fn nested(&self, group: GroupId) -> Vec<GroupId> {
+        let mut all = vec![group];
+        let mut i = 0;
+        while let Some(id) = all.get(i).copied() {
+            if let Some(node) = self.groups.get(&id) {
+                all.extend(node.children.iter().copied());
+            }
+            i += 1;
+        }
+        all
     }
 
     /// The processes in `group` and in the groups nested in it (none if it
@@ -323,6 +429,7 @@ impl Session {
         if self.closed {
             return Err(CgroupError::Closed(self.path.display().to_string()));
         }
+        self.cancel_moves(group);
         if !self.mark_dead(group) {
             return Ok(());
         }
@@ -374,6 +481,7 @@ impl Session {
         if self.closed {
             return Err(CgroupError::Closed(self.path.display().to_string()));
         }
+        self.cancel_moves(group);
         let Some(node) = self.groups.get(&group).filter(|node| !node.dead) else {
             return Ok(());
         };
@@ -423,11 +531,14 @@ impl Session {
     /// group, or a live one), up to `timeout`. Returns whether it emptied;
     /// a group already removed is empty.
     pub fn wait_empty(&self, group: GroupId, timeout: Duration) -> Result<bool, CgroupError> {
+        let deadline = Instant::now() + timeout;
+        if !self.wait_dying(group, deadline) {
+            return Ok(false);
+        }
         let Some(node) = self.groups.get(&group) else {
             return Ok(true);
         };
         let killed = node.dead || group == ROOT;
-        let deadline = Instant::now() + timeout;
         match self.prepared(group) {
             Some(prepared) => {
                 wait_events_empty(node.dir.as_fd(), &prepared.events, deadline, killed)
@@ -435,6 +546,26 @@ impl Session {
             None => wait_until_empty(node.dir.as_fd(), deadline, killed),
         }
         .map_err(|e| CgroupError::io("cannot wait for", self.describe(group), e))
+    }
+
+    /// Waits until the children of the moves into `group` (or a group nested
+    /// in it) that a kill cancelled have exited, or `deadline` passes.
+    /// Returns whether they have.
+    fn wait_dying(&self, group: GroupId, deadline: Instant) -> bool {
+        if self.dying.borrow().is_empty() {
+            return true;
+        }
+        let within = self.nested(group);
+        let mut all_gone = true;
+        self.dying.borrow_mut().retain(|(into, pidfd)| {
+            if !within.contains(into) {
+                return true;
+            }
+            let gone = wait_readable(pidfd, deadline);
+            all_gone &= gone;
+            !gone
+        });
+        all_gone
     }
 
     /// Ends the session quickly: kills `program` (the group running the
@@ -498,6 +629,8 @@ impl Session {
         .map_err(|e| CgroupError::io("cannot remove cgroup", self.describe(ROOT), e))?;
         self.groups.clear();
         self.prepared = None;
+        self.mover = None;
+        self.dying.get_mut().clear();
         self.closed = true;
         Ok(())
     }
@@ -507,6 +640,10 @@ impl Session {
     /// [`CgroupError::KillTimeout`]). Returns how many killed groups are
     /// still there.
     pub fn reap_empty(&mut self) -> usize {
+        // Children of cancelled moves that nobody waited for.
+        self.dying
+            .get_mut()
+            .retain(|(_, pidfd)| !wait_readable(pidfd, Instant::now()));
         let mut dead: Vec<(usize, GroupId)> = self
             .groups
             .iter()
@@ -627,6 +764,24 @@ fn kill_nested(top: OwnedFd, nested: &[(usize, String)], path: &str) {
             Ok(true) => {}
             Ok(false) => log::debug!("{path}: still exiting after SIGKILL"),
             Err(e) => log::warn!("cannot kill {path}: {e}"),
+        }
+    }
+}
+
+/// Whether `fd` (a pidfd) turned readable — its process exited — before
+/// `deadline`.
+fn wait_readable(fd: &OwnedFd, deadline: Instant) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) if Instant::now() >= deadline => return false,
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => return true,
+            Err(_) => return true,
         }
     }
 }

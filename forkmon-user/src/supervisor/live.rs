@@ -8,6 +8,7 @@ use std::{
         unix::fs::MetadataExt as _,
     },
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,15 +18,18 @@ use nix::{
     unistd::Pid,
 };
 
-use super::System;
+use super::{Adoption, System};
 use crate::{
-    cgroup::{CgroupError, GroupId, Session},
+    cgroup::{CgroupError, GroupId, Session, Sweep},
     channel::{Kernel, send_command},
     loader::Probes,
     priority::Policy,
     procfs,
     watcher::{Identity, WatchError, Watcher},
 };
+use precopy::Precopier;
+
+mod precopy;
 
 pub struct LiveSystem {
     pub probes: Probes,
@@ -37,6 +41,8 @@ pub struct LiveSystem {
     /// The stub socket's fd number in the program's processes, and its
     /// inode.
     stub_socket: (i32, u64),
+    /// Made at the first standby warmed.
+    precopier: Option<Precopier>,
 }
 
 impl LiveSystem {
@@ -52,6 +58,7 @@ impl LiveSystem {
             watcher,
             eventfds: HashMap::new(),
             stub_socket,
+            precopier: None,
         }
     }
 }
@@ -138,6 +145,39 @@ impl System for LiveSystem {
                 Ok(())
             }
             result => Ok(result?),
+        }
+    }
+
+    fn adopt(&mut self, group: GroupId, adoption: Adoption<GroupId>) -> anyhow::Result<()> {
+        let (child, from) = (adoption.child, adoption.from);
+        let sweep: Sweep = Arc::new(move |pid| adoption.takes(pid, procfs::alive_parent));
+        Ok(self.session.add_process_later(group, child, from, sweep)?)
+    }
+
+    fn warm(&mut self, pid: i32) {
+        // For measuring what it saves (`cargo xtask bench --only 7`).
+        if std::env::var_os("FORKMON_NO_PRECOPY").is_some() {
+            return;
+        }
+        if self.precopier.is_none() {
+            match Precopier::new() {
+                Ok(precopier) => self.precopier = Some(precopier),
+                Err(e) => {
+                    log::debug!("cannot start the thread that copies standbys' pages: {e}");
+                    return;
+                }
+            }
+        }
+        if let Some(precopier) = &self.precopier {
+            precopier.start(pid);
+        }
+    }
+
+    fn before_go(&mut self, pid: i32) {
+        if let Some(precopier) = &self.precopier {
+            let started = std::time::Instant::now();
+            precopier.settle(pid);
+            log::debug!("settled standby {pid}'s copy in {:?}", started.elapsed());
         }
     }
 

@@ -93,6 +93,20 @@ pub trait System: Kernel {
     /// Moves `pid` into `group`; one that already exited needs no moving.
     fn move_into(&mut self, group: Self::Group, pid: i32) -> anyhow::Result<()>;
     fn members(&self, group: Self::Group) -> anyhow::Result<Vec<i32>>;
+    /// Moves a checkpoint's child into `group`, with what it started
+    /// before (see [`Adoption`]). The live system does it from a thread of
+    /// its own and returns at once: a move waits for an RCU grace period
+    /// (milliseconds), and the program, running meanwhile, must not wait
+    /// for forkmon's verdicts that long.
+    fn adopt(&mut self, group: Self::Group, adoption: Adoption<Self::Group>) -> anyhow::Result<()> {
+        self.move_into(group, adoption.child)?;
+        for other in self.members(adoption.from)? {
+            if adoption.takes(other, |pid| self.alive_parent(pid)) {
+                self.move_into(group, other)?;
+            }
+        }
+        Ok(())
+    }
     /// The processes in `group` and the groups nested in it (none if it
     /// cannot be read).
     fn all_members(&self, group: Self::Group) -> Vec<i32>;
@@ -108,6 +122,15 @@ pub trait System: Kernel {
     fn prepare(&mut self, group: Self::Group);
     /// Removes the killed groups that are empty.
     fn reap_empty(&mut self);
+
+    /// `pid` is a standby of the checkpoint resumed last, the likeliest
+    /// to run next: the live system copies the pages it shares with its
+    /// checkpoint while it waits, within a memory budget, so the program
+    /// does not copy them on the resume's path (see `live::precopy`).
+    fn warm(&mut self, _pid: i32) {}
+    /// `pid`, a standby, is about to run the program: whatever `warm`
+    /// does to it stops first.
+    fn before_go(&mut self, _pid: i32) {}
 
     // Processes.
     fn kill(&mut self, pid: i32);
@@ -126,6 +149,38 @@ pub trait System: Kernel {
     // Files.
     fn watch(&mut self, file: &Path, baseline: Option<Identity>) -> Result<(), WatchError>;
     fn unwatch(&mut self, file: &Path);
+}
+
+/// A checkpoint's child on its way into its own group, and what goes with
+/// it: what it started before its move — its descendants, and those whose
+/// parent has exited meanwhile (`sleep &` at the end of a script, a
+/// daemon's double fork), reparented to forkmon — anything in the
+/// checkpoint's group but the checkpoint, the children it forks itself (a
+/// standby, one on its way) and the start-up it was made with (a server
+/// the program launched before the checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption<G> {
+    pub child: i32,
+    /// The checkpoint's group, which the child leaves.
+    pub from: G,
+    pub checkpoint: i32,
+    pub startup: Vec<i32>,
+}
+
+impl<G> Adoption<G> {
+    /// Whether `other`, in the checkpoint's group, goes with the child.
+    pub fn takes(&self, other: i32, alive_parent: impl Fn(i32) -> Option<i32>) -> bool {
+        if other == self.checkpoint || other == self.child || self.startup.contains(&other) {
+            return false;
+        }
+        let the_checkpoints = !descends_from(&alive_parent, other, self.child)
+            && (alive_parent(other) == Some(self.checkpoint)
+                || self
+                    .startup
+                    .iter()
+                    .any(|&up| descends_from(&alive_parent, other, up)));
+        !the_checkpoints
+    }
 }
 
 /// Where the program is.
@@ -353,6 +408,9 @@ pub struct Supervisor<S: System> {
     /// A resume under way since then: its line is said once the program
     /// runs.
     resuming: Option<Instant>,
+    /// The checkpoint resumed last: its standby is warmed (see
+    /// [`System::warm`]).
+    pub(super) last_resumed: Option<usize>,
     /// The changed file that stopped the program, until that is said.
     trigger: Option<PathBuf>,
     /// …or a key did (`--keys`).
@@ -402,6 +460,7 @@ impl<S: System> Supervisor<S> {
             stubbed: false,
             run_clock: (Instant::now(), Duration::ZERO),
             resuming: None,
+            last_resumed: None,
             trigger: None,
             by_key: false,
             stats: Stats::default(),
@@ -770,6 +829,11 @@ impl<S: System> Supervisor<S> {
             self.run_child(index, pid, start)?;
         } else {
             self.chain[index].next = Next::Standby(pid);
+            // Before any resume, the file opened last is likely the one
+            // being worked on.
+            if self.last_resumed.unwrap_or(self.chain.len() - 1) == index {
+                self.system.warm(pid);
+            }
         }
         if let Some(candidate) = self.unregistered.remove(&pid) {
             self.on_candidate(candidate)?;
@@ -858,10 +922,11 @@ impl<S: System> Supervisor<S> {
     /// Lets checkpoint `index`'s registered child `pid` run the program (or
     /// takes note that it does), and moves it into its own cgroup.
     ///
-    /// The child runs first and is moved into its own cgroup right after:
-    /// moving a process between cgroups waits for an RCU grace period
-    /// (~10 ms here), which must not delay the run. What it spawns
-    /// meanwhile is swept along, found by ancestry.
+    /// The child runs first and is moved into its own cgroup right after,
+    /// by the system, off this loop (see [`System::adopt`]): moving a
+    /// process between cgroups waits for an RCU grace period (~10 ms
+    /// here), which must delay neither the run nor the verdicts it waits
+    /// for. What it spawns meanwhile is swept along, found by ancestry.
     fn run_child(&mut self, index: usize, pid: i32, start: Start) -> anyhow::Result<()> {
         let checkpoint = &mut self.chain[index];
         if std::mem::take(&mut checkpoint.unannounced) {
@@ -875,6 +940,7 @@ impl<S: System> Supervisor<S> {
             self.system.arm(pid)?;
         }
         if start != Start::Running {
+            self.system.before_go(pid);
             self.system.send(pid, CMD_GO)?;
             // Woken or polling, perhaps on this CPU (see `prime_resume`):
             // let it go before the bookkeeping below.
@@ -892,30 +958,19 @@ impl<S: System> Supervisor<S> {
         self.system.give(policy, parent_pid);
         let started = std::time::Instant::now();
         let group = self.system.new_group(parent_group)?;
-        self.system.move_into(group, pid)?;
-        // From now on what it starts is born in its group. What it started
-        // before goes with it: its descendants, and those whose parent has
-        // exited meanwhile (`sleep &` at the end of a script, a daemon's
-        // double fork), reparented to forkmon — anything in the
-        // checkpoint's group but the checkpoint, the children it forks
-        // itself (a standby, one on its way) and the start-up it was made
-        // with (a server the program launched before the checkpoint).
-        let startup = std::mem::take(&mut self.chain[index].startup);
-        for other in self.system.members(parent_group)? {
-            if other == parent_pid || startup.contains(&other) {
-                continue;
-            }
-            let the_checkpoints = !descends_from(&self.system, other, pid)
-                && (self.system.alive_parent(other) == Some(parent_pid)
-                    || startup
-                        .iter()
-                        .any(|&up| descends_from(&self.system, other, up)));
-            if !the_checkpoints {
-                self.system.move_into(group, other)?;
-            }
-        }
-        self.chain[index].startup = startup;
-        debug!("moved {pid} into its cgroup in {:?}", started.elapsed());
+        // Once moved, what it starts is born in its group; what it started
+        // before goes with it.
+        let adoption = Adoption {
+            child: pid,
+            from: parent_group,
+            checkpoint: parent_pid,
+            startup: self.chain[index].startup.clone(),
+        };
+        self.system.adopt(group, adoption)?;
+        debug!(
+            "{pid} on its way into its cgroup in {:?}",
+            started.elapsed()
+        );
         self.chain[index].below = Some((pid, group));
         self.program = Program::Running { pid, group };
         self.system.prepare(group);
@@ -1157,6 +1212,7 @@ impl<S: System> Supervisor<S> {
     /// run nothing, and thousands of them take long to exit.
     fn resume_from(&mut self, index: usize) -> anyhow::Result<()> {
         self.resuming = Some(Instant::now());
+        self.last_resumed = Some(index);
         self.stop_below(index)?;
         // Without a delay nothing was imminent: prime now, so that the
         // standby wakes while the killed program exits.
@@ -1275,9 +1331,9 @@ fn wait_status_code(status: i32) -> u8 {
 }
 
 /// Whether `ancestor` is `pid`'s parent, grandparent, …
-fn descends_from(kernel: &impl Kernel, mut pid: i32, ancestor: i32) -> bool {
+fn descends_from(alive_parent: &impl Fn(i32) -> Option<i32>, mut pid: i32, ancestor: i32) -> bool {
     for _ in 0..64 {
-        let Some(parent) = kernel.alive_parent(pid) else {
+        let Some(parent) = alive_parent(pid) else {
             return false;
         };
         if parent == ancestor {

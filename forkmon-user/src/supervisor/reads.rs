@@ -289,6 +289,7 @@ impl<S: System> Supervisor<S> {
         };
         self.run_clock = (Instant::now(), Duration::ZERO);
         self.resuming = None;
+        self.last_resumed = None;
         self.trigger = None;
         self.system.prepare(root);
     }

@@ -583,6 +583,40 @@ fn a_java_vm_or_a_stopped_thread_is_refused_without_forking() {
     }
 }
 
+/// node: its threads outlive fork's handlers, so the stub gives the
+/// checkpoint up; the file it read is then watched, and a change to it
+/// restarts the program (here, with no checkpoint above it).
+#[test]
+fn a_checkpoint_given_up_for_threads_leaves_its_file_to_a_restart() {
+    let mut s = supervisor();
+    with_threads(&mut s, &[thread(105, "node", 'S')]);
+    s.system.files.insert("/w/a.js".into());
+    s.opens(TARGET, "a.js");
+    s.take_did();
+    s.message(
+        TARGET,
+        StubMessage::Failed {
+            pid: TARGET,
+            fd: 3,
+            errno: FAILED_THREADS_LEFT,
+            gave_up: true,
+        },
+    );
+    assert_eq!(
+        s.take_did(),
+        [
+            Did::Armed(TARGET),
+            Did::Unwatched("/w/a.js".into()),
+            Did::Watched("/w/a.js".into())
+        ]
+    );
+    assert_eq!(s.on_target_exit(0), None, "it waits for changes");
+    s.changed("a.js");
+    let restart = s.take_restart().expect("a change to it asks for a restart");
+    assert_eq!(restart.file.as_deref(), Some(Path::new("/w/a.js")));
+    assert!(restart.why.contains("2 threads"), "{}", restart.why);
+}
+
 #[test]
 fn threads_left_by_the_fork_give_the_checkpoint_up_until_they_are_gone() {
     let mut s = supervisor();

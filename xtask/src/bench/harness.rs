@@ -22,7 +22,13 @@ use tests::{
 use super::Plan;
 use crate::{as_root, root_dir, run_checked};
 
-const FIXTURES: &[&str] = &["openat_loop", "checkpoint", "resume", "many_files"];
+const FIXTURES: &[&str] = &[
+    "openat_loop",
+    "checkpoint",
+    "resume",
+    "many_files",
+    "waiter",
+];
 /// forkmon loading its eBPF programs, plus touching up to 1 GB.
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub const RESUME_TIMEOUT: Duration = Duration::from_secs(20);
@@ -115,7 +121,7 @@ pub fn start(what: impl Into<String>, cmd: Command, stdin: bool) -> anyhow::Resu
 /// come, the end of its stderr is kept for error messages, and it is
 /// stopped — SIGINT, SIGKILL after 5 s — when dropped, error paths
 /// included, so that nothing of one measurement runs into the next.
-fn setup(stdin: bool) -> Setup {
+pub fn setup(stdin: bool) -> Setup {
     Setup {
         stdin,
         // The fixtures' way to say what failed.
@@ -143,6 +149,13 @@ pub fn compile_fixtures(out_dir: &Path) -> anyhow::Result<()> {
                 .arg(sources.join(format!("{name}.c"))),
         )?;
     }
+    // A static binary: no stub is loaded into it, so forkmon restarts it.
+    run_checked(
+        Command::new("cc")
+            .args(["-O2", "-Wall", "-Wextra", "-static", "-o"])
+            .arg(out_dir.join("reader"))
+            .arg(sources.join("reader.c")),
+    )?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use std::{
     os::{fd::AsFd as _, unix::process::CommandExt as _},
     path::Path,
     process::{Child, Command, Stdio},
+    sync::Arc,
     thread,
 };
 
@@ -230,6 +231,82 @@ fn kill_child_group() {
     // The root still takes new groups.
     let again = s.new_child(s.root()).unwrap();
     assert!(group_path(&s, &[again]).is_dir());
+    drop(s);
+    assert!(killed(&mut top));
+}
+
+/// A move handed to the thread takes the child and what it started before
+/// (here: what the sweep does not keep back), and until it is done the
+/// group's processes count it.
+#[test]
+fn a_later_move_takes_the_child_and_what_it_started() {
+    let Some(mut s) = session(test_watchdog) else {
+        return;
+    };
+    let root = s.root();
+    let mut top = spawn_in(&s, root, "exec sleep 100");
+    let stays = top.id() as i32;
+    let mut child = spawn_in(&s, root, "sleep 100 & exec sleep 100");
+    let pid = child.id() as i32;
+    wait_for("the background sleep", Duration::from_secs(5), || {
+        s.procs(root).unwrap().len() == 3
+    });
+    let group = s.new_child(root).unwrap();
+    s.pause_moves(true);
+    s.add_process_later(group, pid, root, Arc::new(move |other| other != stays))
+        .unwrap();
+    let pending = s.procs(group).unwrap();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(pending.contains(&pid));
+    assert_eq!(all_procs(s.groups[&group].dir.as_fd()), [] as [i32; 0]);
+    s.pause_moves(false);
+    wait_for("the moves", Duration::from_secs(5), || {
+        all_procs(s.groups[&group].dir.as_fd()).len() == 2
+    });
+    assert_eq!(s.procs(root).unwrap(), [stays]);
+    s.kill(group).unwrap();
+    assert!(killed(&mut child));
+    assert_eq!(s.procs(root).unwrap(), [stays]);
+    drop(s);
+    assert!(killed(&mut top));
+}
+
+/// A kill of a group reaches the moves into it that are still pending:
+/// their child dies at once (the kill waits for it), what it started when
+/// the thread gets to it, and nothing is moved into the killed group.
+#[test]
+fn a_kill_reaches_pending_moves() {
+    let Some(mut s) = session(test_watchdog) else {
+        return;
+    };
+    let root = s.root();
+    let mut top = spawn_in(&s, root, "exec sleep 100");
+    let stays = top.id() as i32;
+    let mut child = spawn_in(&s, root, "sleep 100 & exec sleep 100");
+    let pid = child.id() as i32;
+    wait_for("the background sleep", Duration::from_secs(5), || {
+        s.procs(root).unwrap().len() == 3
+    });
+    let started: Vec<i32> = s
+        .procs(root)
+        .unwrap()
+        .into_iter()
+        .filter(|&p| p != stays && p != pid)
+        .collect();
+    let outer = s.new_child(root).unwrap();
+    let group = s.new_child(outer).unwrap();
+    s.pause_moves(true);
+    s.add_process_later(group, pid, root, Arc::new(move |other| other != stays))
+        .unwrap();
+    // The outer group: the kill covers what is nested in it.
+    s.kill(outer).unwrap();
+    assert!(killed(&mut child), "killed before the kill returned");
+    s.pause_moves(false);
+    wait_for("what it started", Duration::from_secs(5), || {
+        started.iter().all(|&p| dead(p))
+    });
+    assert!(alive(&mut top));
+    assert_eq!(s.procs(root).unwrap(), [stays]);
     drop(s);
     assert!(killed(&mut top));
 }

@@ -10,19 +10,26 @@ use super::{
 mod checkpoint;
 mod memory;
 mod openat;
+mod peers;
+mod real;
 mod restart;
 mod resume;
 mod scale;
 
 pub type Figure = fn(&Bench, &mut Section) -> anyhow::Result<()>;
 
-pub const FIGURES: [(&str, Figure); 6] = [
+pub const FIGURES: [(&str, Figure); 8] = [
     ("1. openat+close cost", openat::openat_cost),
     ("2. checkpoint cost", checkpoint::checkpoint_cost),
     ("3. resume latency", resume::resume_latency),
     ("4. full restart vs resume", restart::full_restart),
     ("5. memory of a checkpoint", memory::memory),
     ("6. scale: 1000 checkpoints", scale::scale),
+    (
+        "7. real programs and the physical limit",
+        real::real_programs,
+    ),
+    ("8. restarts: forkmon and its peers", peers::restart_peers),
 ];
 
 /// Figures 5 and 3 (its goal, `--no-standby`) use one representative size.
