@@ -379,6 +379,10 @@ pub struct Supervisor<S: System> {
     /// Processes whose fork (with handlers) left other threads: not forked
     /// again while they have them.
     threads_left: HashSet<i32>,
+    /// Files at whose open such a fork left threads: the same program,
+    /// restarted, is not forked there again (node waits ~10 ms for each
+    /// try, on every restart).
+    threads_left_at: HashSet<PathBuf>,
     /// A checkpoint was killed from outside (and the chain cut there).
     checkpoints_died: bool,
     /// `--no-standby`: a resume forks its child.
@@ -446,6 +450,7 @@ impl<S: System> Supervisor<S> {
             last_status: None,
             warned_threads: false,
             threads_left: HashSet::new(),
+            threads_left_at: HashSet::new(),
             checkpoints_died: false,
             no_standby: options.no_standby,
             max_checkpoints: options.max_checkpoints,
@@ -690,7 +695,12 @@ impl<S: System> Supervisor<S> {
                 self.chain.len()
             )));
         }
-        self.fork_for(pid, tid, comm)
+        match self.fork_for(pid, tid, comm)? {
+            Fork::WithHandlers(count) if self.threads_left_at.contains(path) => {
+                Err(Refusal::Cannot(format!("{comm} has {count} threads")))
+            }
+            fork => Ok(fork),
+        }
     }
 
     /// How `pid`, stopped at an open by its thread `tid`, can be forked, if
@@ -898,6 +908,7 @@ impl<S: System> Supervisor<S> {
                 // Its fork with handlers left threads the child would lack
                 // (the stub killed that child before it ran).
                 self.threads_left.insert(pid);
+                self.threads_left_at.insert(file.clone());
                 self.warn_threads(
                     pid,
                     threads,

@@ -511,9 +511,14 @@ fn thread(tid: i32, name: &str, state: char) -> Thread {
 /// The target's main thread, polling in the stub's handler (state R),
 /// and `others`.
 fn with_threads(s: &mut Supervisor<FakeSystem>, others: &[Thread]) {
-    let mut all = vec![thread(TARGET, "python3", 'R')];
+    with_threads_of(s, TARGET, others);
+}
+
+/// `pid` has `others` besides its own thread.
+fn with_threads_of(s: &mut Supervisor<FakeSystem>, pid: i32, others: &[Thread]) {
+    let mut all = vec![thread(pid, "python3", 'R')];
     all.extend_from_slice(others);
-    s.system.threads.insert(TARGET, all);
+    s.system.threads.insert(pid, all);
 }
 
 #[test]
@@ -1238,4 +1243,39 @@ fn a_restart_signals_what_runs_never_the_frozen_checkpoints() {
         Some(&Did::KilledNow(0)),
         "then all of it: {did:?}"
     );
+}
+
+#[test]
+fn a_restarted_program_is_not_forked_again_where_its_threads_stayed() {
+    let mut s = supervisor();
+    with_threads(&mut s, &[thread(105, "node", 'S')]);
+    s.system.files.insert("/w/a.js".into());
+    s.opens(TARGET, "a.js");
+    s.message(
+        TARGET,
+        StubMessage::Failed {
+            pid: TARGET,
+            fd: 3,
+            errno: FAILED_THREADS_LEFT,
+            gave_up: true,
+        },
+    );
+    s.restarted(300, 0);
+    s.system.alive.insert(300, 1);
+    s.message(
+        300,
+        StubMessage::Hello {
+            pid: 300,
+            eventfd: 5,
+        },
+    );
+    with_threads_of(&mut s, 300, &[thread(305, "node", 'S')]);
+    s.take_did();
+    s.opens(300, "a.js");
+    assert_eq!(
+        s.take_did()[..2],
+        [Did::KeptNextChildUnarmed(300), Did::Sent(300, CMD_GO)],
+        "let go at once, no fork with handlers to wait for"
+    );
+    assert!(s.chain.is_empty());
 }
