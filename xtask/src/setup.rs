@@ -35,6 +35,18 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
     if which::which("python3").is_err() {
         packages.push("python3".into());
     }
+    // The restart tests' programs, from Debian where the machine has none
+    // of its own (this one has node from NodeSource, which Debian's
+    // nodejs would conflict with).
+    for (program, package) in [
+        ("node", "nodejs"),
+        ("java", "default-jre-headless"),
+        ("make", "make"),
+    ] {
+        if which::which(program).is_err() {
+            packages.push(package.into());
+        }
+    }
     if !python_makes_venvs() {
         // Debian's python3 makes virtual environments only with it.
         packages.push("python3-venv".into());
