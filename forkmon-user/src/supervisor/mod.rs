@@ -886,7 +886,6 @@ impl<S: System> Supervisor<S> {
                 comm,
                 ..
             } = self.chain.remove(index);
-            self.system.unwatch(&file);
             self.cut_chain(index);
             self.program = Program::Running { pid, group };
             self.system.prepare(group);
@@ -901,8 +900,11 @@ impl<S: System> Supervisor<S> {
             } else {
                 format!("cannot checkpoint {comm}: {error}")
             };
-            if let Some(identity) = self.system.file(&file) {
-                self.note_read(&file, identity, pid, &reader, Some(why));
+            // Its watch stays: it becomes a file read (or goes with the
+            // file).
+            match self.system.file(&file) {
+                Some(identity) => self.note_read(&file, identity, pid, &reader, Some(why)),
+                None => self.system.unwatch(&file),
             }
             if errno == FAILED_THREADS_LEFT {
                 // Its fork with handlers left threads the child would lack

@@ -379,6 +379,20 @@ impl Supervisor<FakeSystem> {
         );
     }
 
+    /// The target's stub reports that its fork failed with `errno`, and
+    /// whether it gave the checkpoint up (runs on as the program).
+    fn fork_failed(&mut self, errno: i32, gave_up: bool) {
+        self.message(
+            TARGET,
+            StubMessage::Failed {
+                pid: TARGET,
+                fd: 3,
+                errno,
+                gave_up,
+            },
+        );
+    }
+
     /// Checkpoint `checkpoint` reaped its child `pid`.
     fn exited(&mut self, checkpoint: i32, pid: i32, status: i32) {
         self.system.alive.remove(&pid);
@@ -598,22 +612,11 @@ fn a_checkpoint_given_up_for_threads_leaves_its_file_to_a_restart() {
     s.system.files.insert("/w/a.js".into());
     s.opens(TARGET, "a.js");
     s.take_did();
-    s.message(
-        TARGET,
-        StubMessage::Failed {
-            pid: TARGET,
-            fd: 3,
-            errno: FAILED_THREADS_LEFT,
-            gave_up: true,
-        },
-    );
+    s.fork_failed(FAILED_THREADS_LEFT, true);
     assert_eq!(
         s.take_did(),
-        [
-            Did::Armed(TARGET),
-            Did::Unwatched("/w/a.js".into()),
-            Did::Watched("/w/a.js".into())
-        ]
+        [Did::Armed(TARGET), Did::Watched("/w/a.js".into())],
+        "its watch stays, now for a file it read"
     );
     assert_eq!(s.on_target_exit(0), None, "it waits for changes");
     s.changed("a.js");
@@ -630,15 +633,7 @@ fn threads_left_by_the_fork_give_the_checkpoint_up_until_they_are_gone() {
     s.take_did();
     // The stub's fork() left thread 105 (no handler stopped it): it killed
     // the child before it ran, and the program goes on.
-    s.message(
-        TARGET,
-        StubMessage::Failed {
-            pid: TARGET,
-            fd: 3,
-            errno: FAILED_THREADS_LEFT,
-            gave_up: true,
-        },
-    );
+    s.fork_failed(FAILED_THREADS_LEFT, true);
     assert_eq!(
         s.take_did(),
         [Did::Armed(TARGET), Did::Unwatched("/w/a.txt".into())]
@@ -837,15 +832,7 @@ fn a_failed_first_fork_leaves_the_program_running_as_it_was() {
     let mut s = supervisor();
     s.opens(TARGET, "a.txt");
     s.take_did();
-    s.message(
-        TARGET,
-        StubMessage::Failed {
-            pid: TARGET,
-            fd: 3,
-            errno: libc::EAGAIN,
-            gave_up: true,
-        },
-    );
+    s.fork_failed(libc::EAGAIN, true);
     assert_eq!(
         s.take_did(),
         [Did::Armed(TARGET), Did::Unwatched("/w/a.txt".into())]
@@ -866,15 +853,7 @@ fn a_failed_standby_fork_is_forgotten_and_the_next_resume_forks() {
     s.opens(TARGET, "a.txt");
     s.forks(TARGET, 101, false);
     s.exited(TARGET, 101, 0);
-    s.message(
-        TARGET,
-        StubMessage::Failed {
-            pid: TARGET,
-            fd: 3,
-            errno: libc::ENOMEM,
-            gave_up: false,
-        },
-    );
+    s.fork_failed(libc::ENOMEM, false);
     assert_eq!(s.chain[0].next, Next::Nothing);
     s.changed("a.txt");
     assert_eq!(s.sent_to_last(TARGET), CMD_FORK);
@@ -1251,15 +1230,7 @@ fn a_restarted_program_is_not_forked_again_where_its_threads_stayed() {
     with_threads(&mut s, &[thread(105, "node", 'S')]);
     s.system.files.insert("/w/a.js".into());
     s.opens(TARGET, "a.js");
-    s.message(
-        TARGET,
-        StubMessage::Failed {
-            pid: TARGET,
-            fd: 3,
-            errno: FAILED_THREADS_LEFT,
-            gave_up: true,
-        },
-    );
+    s.fork_failed(FAILED_THREADS_LEFT, true);
     s.restarted(300, 0);
     s.system.alive.insert(300, 1);
     s.message(
