@@ -21,6 +21,15 @@ fn compile(dir: &Path, name: &str, source: &str, flags: &[&str]) {
     assert!(status.success(), "cc {name}.c failed");
 }
 
+/// Saves `content` to `path` once the run has had time to watch what it
+/// read (the records may arrive after the output), and waits for `expect`
+/// on stdout.
+fn save_and_see(forkmon: &Forkmon, path: &Path, content: &str, expect: &str) {
+    thread::sleep(Duration::from_millis(300));
+    save(path, content);
+    forkmon.wait_stdout(expect, 1);
+}
+
 /// Waits until nothing of the run's tree is left but forkmon.
 fn assert_tree_gone(forkmon: &Forkmon) {
     for _ in 0..100 {
@@ -48,9 +57,12 @@ fn node_restarts_when_a_required_module_changes() {
     fs::write(d.join("m.js"), "module.exports = { value: 1 };\n").unwrap();
     let forkmon = Forkmon::start(d, &[], &["node", "app.js"]);
     forkmon.wait_stdout("value 1", 1);
-    thread::sleep(Duration::from_millis(300));
-    save(&d.join("m.js"), "module.exports = { value: 2 };\n");
-    forkmon.wait_stdout("value 2", 1);
+    save_and_see(
+        &forkmon,
+        &d.join("m.js"),
+        "module.exports = { value: 2 };\n",
+        "value 2",
+    );
     let err = forkmon.stderr();
     let line = format!(
         "[forkmon] file '{}' changed, restarting (node has ",
@@ -251,9 +263,7 @@ fn a_program_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
         &["bash", "stubborn.sh"],
     );
     forkmon.wait_stdout("value 1", 1);
-    thread::sleep(Duration::from_millis(300));
-    save(&d.join("data.txt"), "2\n");
-    forkmon.wait_stdout("value 2", 1);
+    save_and_see(&forkmon, &d.join("data.txt"), "2\n", "value 2");
     // One bash left (and its sleep): the stubborn one was killed.
     thread::sleep(Duration::from_millis(200));
     let bashes = forkmon
@@ -281,9 +291,7 @@ fn the_status_line_says_what_a_resume_skipped() {
     .unwrap();
     let forkmon = Forkmon::start(d, &["--filter", "part.lua"], &["lua5.4", "main.lua"]);
     forkmon.wait_stdout("part 1", 1);
-    thread::sleep(Duration::from_millis(200));
-    save(&d.join("part.lua"), "print('part 2')\n");
-    forkmon.wait_stdout("part 2", 1);
+    save_and_see(&forkmon, &d.join("part.lua"), "print('part 2')\n", "part 2");
     forkmon.wait_stderr("start-up skipped: ", 1);
     let err = forkmon.stderr();
     let line = err
@@ -454,9 +462,7 @@ fn make_up_to_date_watches_the_sources_it_only_stats_and_not_what_it_builds() {
     let forkmon = Forkmon::start(d, &[], &["make", "--no-print-directory"]);
     forkmon.wait_stdout("build 1", 1);
     forkmon.wait_stderr("waiting for changes..", 1);
-    thread::sleep(Duration::from_millis(300));
-    save(&d.join("hello.c"), &source(2));
-    forkmon.wait_stdout("build 2", 1);
+    save_and_see(&forkmon, &d.join("hello.c"), &source(2), "build 2");
     forkmon.wait_stderr("waiting for changes..", 2);
     // Writing `hello` (which make stats) must not start it again.
     thread::sleep(Duration::from_millis(800));

@@ -235,6 +235,20 @@ fn kill_child_group() {
     assert!(killed(&mut top));
 }
 
+/// In the root: a process that stays (a checkpoint's start-up), and a
+/// child that started a background process of its own; with their pids.
+fn a_child_that_started_one(s: &Session) -> (Child, i32, Child, i32) {
+    let root = s.root();
+    let top = spawn_in(s, root, "exec sleep 100");
+    let stays = top.id() as i32;
+    let child = spawn_in(s, root, "sleep 100 & exec sleep 100");
+    let pid = child.id() as i32;
+    wait_for("the background sleep", Duration::from_secs(5), || {
+        s.procs(root).unwrap().len() == 3
+    });
+    (top, stays, child, pid)
+}
+
 /// A move handed to the thread takes the child and what it started before
 /// (here: what the sweep does not keep back), and until it is done the
 /// group's processes count it.
@@ -244,13 +258,7 @@ fn a_later_move_takes_the_child_and_what_it_started() {
         return;
     };
     let root = s.root();
-    let mut top = spawn_in(&s, root, "exec sleep 100");
-    let stays = top.id() as i32;
-    let mut child = spawn_in(&s, root, "sleep 100 & exec sleep 100");
-    let pid = child.id() as i32;
-    wait_for("the background sleep", Duration::from_secs(5), || {
-        s.procs(root).unwrap().len() == 3
-    });
+    let (mut top, stays, mut child, pid) = a_child_that_started_one(&s);
     let group = s.new_child(root).unwrap();
     s.pause_moves(true);
     s.add_process_later(group, pid, root, Arc::new(move |other| other != stays))
@@ -280,13 +288,7 @@ fn a_kill_reaches_pending_moves() {
         return;
     };
     let root = s.root();
-    let mut top = spawn_in(&s, root, "exec sleep 100");
-    let stays = top.id() as i32;
-    let mut child = spawn_in(&s, root, "sleep 100 & exec sleep 100");
-    let pid = child.id() as i32;
-    wait_for("the background sleep", Duration::from_secs(5), || {
-        s.procs(root).unwrap().len() == 3
-    });
+    let (mut top, stays, mut child, pid) = a_child_that_started_one(&s);
     let started: Vec<i32> = s
         .procs(root)
         .unwrap()
