@@ -129,11 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         inherit: vec![library.as_raw_fd(), target_end.as_raw_fd()],
     };
     let root = session.root();
-    let mut target = Target::launch(&mut probes, &args.program.argv, &setup, |pid| {
-        session
-            .add_process(root, pid.as_raw())
-            .context("cannot move the program into its cgroup")
-    })?;
+    let mut target = launch(&mut probes, &session, &args.program.argv, &setup)?;
     // `target_end` and `library` stay open: a restart hands them on again.
     launcher::reown_pages();
 
@@ -179,29 +175,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             }
             ready = events.readable() => {
                 ready.context("reading the ring buffer")?;
-                let mut records = Vec::new();
-                events.drain(|record| records.push(owned(record)));
-                // What a process said before it exited is read before its
-                // exit: a failed checkpoint reports, then runs on as the
-                // program and may end at once.
-                on_registrations(&mut supervisor, &registrations)?;
-                for record in records {
-                    on_record(&mut supervisor, &mut target, record)?;
-                }
+                on_records(&mut supervisor, &registrations, &mut events, &mut target)?;
             }
             event = supervisor.system.watcher.next_event() => {
                 supervisor.on_watch_event(event?)?;
             }
             _ = signals.child.recv() => {
-                // As above: its last words first, and the opens it made
-                // (a read that does not wake forkmon: it may be the file
-                // whose change restarts the program).
-                let mut records = Vec::new();
-                events.drain(|record| records.push(owned(record)));
-                on_registrations(&mut supervisor, &registrations)?;
-                for record in records {
-                    on_record(&mut supervisor, &mut target, record)?;
-                }
+                // Its last words and opens first (a read that did not wake
+                // forkmon may be the file whose change restarts it).
+                on_records(&mut supervisor, &registrations, &mut events, &mut target)?;
                 if let Some(ended) = reap(&mut supervisor)? {
                     break match ended {
                         Ended::Exited(code) | Ended::CheckpointsDied(code) => code,
@@ -218,12 +200,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             // What the stopped run opened last names its processes.
             events.drain(|_| {});
             let system = &mut supervisor.system;
-            let session = &system.session;
-            target = Target::launch(&mut system.probes, &args.program.argv, &setup, |pid| {
-                session
-                    .add_process(root, pid.as_raw())
-                    .context("cannot move the program into its cgroup")
-            })?;
+            target = launch(
+                &mut system.probes,
+                &system.session,
+                &args.program.argv,
+                &setup,
+            )?;
             supervisor.restarted(target.pid.as_raw(), root);
         }
     };
@@ -257,6 +239,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     drop(session);
     Ok(status)
+}
+
+/// Launches the program in the session's root group (at start, and at each
+/// restart).
+fn launch(
+    probes: &mut Probes,
+    session: &Session,
+    argv: &[std::ffi::OsString],
+    setup: &launcher::Setup,
+) -> anyhow::Result<Target> {
+    Target::launch(probes, argv, setup, |pid| {
+        session
+            .add_process(session.root(), pid.as_raw())
+            .context("cannot move the program into its cgroup")
+    })
+}
+
+/// The kernel's records now waiting, after the stub messages now waiting:
+/// what a process said before it exited is read before its exit (a failed
+/// checkpoint reports, then runs on as the program and may end at once).
+fn on_records(
+    supervisor: &mut Supervisor<LiveSystem>,
+    registrations: &Registrations,
+    events: &mut Events,
+    target: &mut Target,
+) -> anyhow::Result<()> {
+    let mut records = Vec::new();
+    events.drain(|record| records.push(owned(record)));
+    on_registrations(supervisor, registrations)?;
+    for record in records {
+        on_record(supervisor, target, record)?;
+    }
+    Ok(())
 }
 
 /// Every stub message now waiting.
