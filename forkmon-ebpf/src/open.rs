@@ -82,13 +82,16 @@ fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
         return Ok(());
     }
+    // Stats are far more frequent than opens, machine-wide: the array
+    // lookup first, which `forkmon trace` (opens only) stops at, then the
+    // hash lookup of the tree.
+    if is_stat && !reads_only() {
+        return Ok(());
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_tracked(tgid) || regs.cs != USER64_CS {
         return Ok(());
-    }
-    if is_stat && !reads_only() {
-        return Ok(()); // `forkmon trace` lists opens only
     }
     let call = match nr {
         NR_STAT | NR_LSTAT => OpenCall {
