@@ -135,16 +135,26 @@ impl PrefilterConfig {
     }
 }
 
-/// No `//` and no `/.` where a prefix could reach: cleaning (dropping `.`
-/// components and doubled slashes) then leaves the first
+/// No `//`, `/./` or `/../` where a prefix could reach: cleaning (dropping
+/// `.` components and doubled slashes, resolving `..`) then leaves the first
 /// PREFILTER_PREFIX_LEN bytes as they are, so the byte prefix test is exact.
 #[inline(always)]
 fn is_canonical(path: &[u8; PATH_MAX], len: usize) -> bool {
+    // A byte at or past `len` ends the component.
+    let ends = |at: usize| at >= len || path[at & MASK] == b'/';
     for i in 0..PREFILTER_PREFIX_LEN {
         if i + 1 >= len {
             break;
         }
-        if path[i] == b'/' && (path[i + 1] == b'/' || path[i + 1] == b'.') {
+        if path[i] != b'/' {
+            continue;
+        }
+        // `//`, `/./` and `/../`, not a name that starts with a dot
+        // (`~/.pyenv`, `.venv`: every module of such an interpreter
+        // would otherwise be signalled, each a fork for nothing).
+        let dot_or_dot_dot =
+            path[i + 1] == b'.' && (ends(i + 2) || (path[(i + 2) & MASK] == b'.' && ends(i + 3)));
+        if path[i + 1] == b'/' || dot_or_dot_dot {
             return false;
         }
     }

@@ -1036,7 +1036,13 @@ mod tests {
         assert!(may_match(&pf, b"/home/u//p/x.c"), "doubled slash");
         assert!(may_match(&pf, b"/home/u/q/../p/x.c"), "dot-dot");
         assert!(may_match(&pf, b"/home/./u/p/x.c"), "dot");
-        assert!(may_match(&pf, b"/etc/.hidden"), "cheap test, not exact");
+        assert!(may_match(&pf, b"/home/u/p/q/.."), "dot-dot at the end");
+        assert!(may_match(&pf, b"/home/./u"), "dot");
+        // A name that starts with a dot is a name: an interpreter under
+        // `~/.pyenv` is not signalled at each module.
+        assert!(!may_match(&pf, b"/etc/.hidden"));
+        assert!(!may_match(&pf, b"/root/.pyenv/lib/x.c"));
+        assert!(!may_match(&pf, b"/root/..pyenv/x.c"));
         let far = format!("/etc/{}//x.c", "a".repeat(PREFILTER_PREFIX_LEN));
         assert!(!may_match(&pf, far.as_bytes()), "beyond any prefix");
         assert!(may_match(&Prefilter::ACCEPT_ALL, b"/etc/x.c"));
