@@ -117,7 +117,9 @@ impl Precopier {
                 job.0 = None;
             }
         }
-        self.shared.wake.notify_one();
+        // No wake-up (a futex call, ~20 µs on the resume's path): a thread
+        // waiting to start on this standby checks `cancelled` when its wait
+        // ends, and one copying checks it between batches.
         // Yielding: on two CPUs the copying thread may be waiting for this
         // one.
         while self.shared.in_flight.load(SeqCst) == pid {
@@ -188,10 +190,12 @@ fn work(shared: &Shared) {
     }
 }
 
-/// The shared pages of `pid`'s anonymous writable mappings, as runs of
-/// page addresses.
+/// The shared pages of `pid`'s anonymous writable mappings, and the
+/// program's own copies in its private writable file mappings, as page
+/// addresses.
 fn shared_pages(pid: i32) -> std::io::Result<Vec<usize>> {
     const PRESENT: u64 = 1 << 63;
+    const FILE_PAGE: u64 = 1 << 61;
     const EXCLUSIVE: u64 = 1 << 56;
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
     let pagemap = fs::File::open(format!("/proc/{pid}/pagemap"))?;
@@ -204,10 +208,16 @@ fn shared_pages(pid: i32) -> std::io::Result<Vec<usize>> {
         let path = fields.nth(3).unwrap_or("");
         // Private and writable, anonymous or the brk heap: what the
         // program's allocator hands out. Not the stack (the stub runs on
-        // it), not files, not the kernel's ([vvar], [vdso]).
+        // it), not the kernel's ([vvar], [vdso]). In a file mapping (the
+        // `.data` of the interpreter and its libraries: ~100 faults of a
+        // Python resume), only the pages the program has written, its own
+        // copies: a page still the file's would freeze the file's content
+        // if copied. Not the stub's own (in a memfd), which it writes
+        // while it waits.
+        let file = path.starts_with('/') && !path.starts_with("/memfd:");
         if perms.as_bytes().get(1) != Some(&b'w')
             || perms.as_bytes().get(3) != Some(&b'p')
-            || !(path.is_empty() || path == "[heap]")
+            || !(path.is_empty() || path == "[heap]" || file)
         {
             continue;
         }
@@ -225,7 +235,7 @@ fn shared_pages(pid: i32) -> std::io::Result<Vec<usize>> {
         pagemap.read_exact_at(&mut entries, (start / PAGE * 8) as u64)?;
         for (i, entry) in entries.chunks_exact(8).enumerate() {
             let entry = u64::from_ne_bytes(entry.try_into().unwrap_or_default());
-            if entry & PRESENT != 0 && entry & EXCLUSIVE == 0 {
+            if entry & PRESENT != 0 && entry & EXCLUSIVE == 0 && entry & FILE_PAGE == 0 {
                 pages.push(start + i * PAGE);
             }
         }
