@@ -77,6 +77,12 @@ pub mod armed {
     /// before forkmon's verdict), by forkmon before `CMD_FORK`; forkmon
     /// sets `ARMED` back when its verdict is no.
     pub const ARM_NEXT_CHILD: u8 = 2;
+    /// Armed, but its next open that would be signalled is reported as a
+    /// read only; then `ARMED`. Set by forkmon for a standby of a bytecode
+    /// cache's checkpoint: the stub makes its open of the cache fail, so
+    /// the program opens the source next, which has its checkpoint (the
+    /// cache's) already. No verdict to wait for.
+    pub const SKIP_NEXT_OPEN: u8 = 3;
 }
 
 /// Indexes into the per-CPU `STATS` array of counters.

@@ -50,9 +50,10 @@ pub fn is_tracked(tgid: u32) -> bool {
     unsafe { TRACKED.get(tgid) }.is_some()
 }
 
-pub fn is_armed(tgid: u32) -> bool {
-    // SAFETY: the value is a plain u8 and only tested for presence.
-    unsafe { ARMED.get(tgid) }.is_some()
+/// The process's `ARMED` value (see `forkmon_common::armed`), if any.
+pub fn armed(tgid: u32) -> Option<u8> {
+    // SAFETY: the value is a plain u8, copied out.
+    unsafe { ARMED.get(tgid) }.copied()
 }
 
 /// Whether user space reads only the read-only opens that may match

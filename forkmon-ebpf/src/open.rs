@@ -23,9 +23,7 @@ use forkmon_common::{
 };
 
 use crate::{
-    maps::{
-        ARMED, EVENTS, PREFILTER, SCRATCH_PATH, WAKE_UP, count, is_armed, is_tracked, reads_only,
-    },
+    maps::{ARMED, EVENTS, PREFILTER, SCRATCH_PATH, WAKE_UP, armed, count, is_tracked, reads_only},
     process,
 };
 
@@ -210,11 +208,16 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
         (*record).path_state = state;
         // Only a submitted record tells forkmon a stub is waiting, so the
         // signal is sent only once the record is certain to arrive.
-        may_match
-            && call.syscall != open_syscall::STAT
-            && is_checkpointable(call.flags)
-            && is_armed(tgid)
-            && generated::bpf_send_signal_thread(stub::SIGNAL) == 0
+        let candidate =
+            may_match && call.syscall != open_syscall::STAT && is_checkpointable(call.flags);
+        match armed(tgid) {
+            Some(armed::SKIP_NEXT_OPEN) if candidate => {
+                let _ = ARMED.insert(tgid, armed::ARMED, 0);
+                false
+            }
+            Some(_) if candidate => generated::bpf_send_signal_thread(stub::SIGNAL) == 0,
+            _ => false,
+        }
     };
     if signalled {
         // SAFETY: as above.

@@ -59,6 +59,13 @@ static SOCKET: AtomicI32 = AtomicI32::new(-1);
 /// This process's own command channel.
 static EVENTFD: AtomicI32 = AtomicI32::new(-1);
 static FLUSH: AtomicBool = AtomicBool::new(false);
+/// Set in a resumed child of a bytecode cache's checkpoint forked at the
+/// resume (not a standby: see `armed::SKIP_NEXT_OPEN`), whose open of the
+/// cache was made to fail: the program's next candidate open is the
+/// cache's source, which forkmon never makes a second checkpoint. Forking
+/// early there only to kill the child cost a Python resume 1–2 ms (the
+/// fork of a large heap, then a write fault on every page it touched).
+static SOURCE_NEXT: AtomicBool = AtomicBool::new(false);
 
 const SI_KERNEL: i32 = 0x80;
 
@@ -437,6 +444,7 @@ impl Seen {
 unsafe fn worth_forking_early(fd: i32) -> bool {
     // SAFETY: fstat and stat into buffers we own.
     unsafe {
+        let source = SOURCE_NEXT.swap(false, Ordering::Relaxed);
         let mut opened: libc::stat = zeroed();
         if libc::fstat(fd, &mut opened) != 0 || opened.st_mode & libc::S_IFMT != libc::S_IFREG {
             return false;
@@ -449,7 +457,7 @@ unsafe fn worth_forking_early(fd: i32) -> bool {
             return false;
         }
         SEEN.add(dev, ino);
-        true
+        !source
     }
 }
 
@@ -601,20 +609,26 @@ unsafe fn checkpoint(me: i32, fd: i32, call: &OpenCall, early: Option<EarlyChild
         };
         // A checkpoint lives until forkmon kills it. Ctrl-C in the terminal
         // reaches the whole process group: let it stop the running program
-        // and forkmon, not the checkpoints (forkmon then stops them). The
-        // child gets the program's own mask back when the handler returns.
-        let mut terminal_signals: libc::sigset_t = zeroed();
-        libc::sigemptyset(&mut terminal_signals);
+        // and forkmon, not the checkpoints (forkmon then stops them). Nor
+        // does the program's SIGCHLD handler run here at each child's exit
+        // (pidfds tell the checkpoint): Python's would note a signal that
+        // every later child inherits and handles at its resume, and write
+        // to a wake-up fd the running child shares. A child gets the
+        // program's own mask back when the handler returns, and no
+        // pending signal of its checkpoint's.
+        let mut blocked: libc::sigset_t = zeroed();
+        libc::sigemptyset(&mut blocked);
         for signal in [
             libc::SIGINT,
             libc::SIGQUIT,
             libc::SIGTSTP,
             libc::SIGTERM,
             libc::SIGHUP,
+            libc::SIGCHLD,
         ] {
-            libc::sigaddset(&mut terminal_signals, signal);
+            libc::sigaddset(&mut blocked, signal);
         }
-        libc::sigprocmask(libc::SIG_BLOCK, &terminal_signals, ptr::null_mut());
+        libc::sigprocmask(libc::SIG_BLOCK, &blocked, ptr::null_mut());
         if next_standby.is_some() && FLUSH.load(Ordering::Relaxed) {
             // Not async-signal-safe in general, but safe here: this thread
             // is stopped at the end of an open. glibc holds no stdio lock
@@ -836,6 +850,9 @@ unsafe fn become_child(checkpoint: i32, fd: i32, call: &OpenCall, standby: bool,
             // program find no cache, so it reads the source that changed.
             libc::close(fd);
             (*call.context).uc_mcontext.gregs[libc::REG_RAX as usize] = -libc::ENOENT as i64;
+            // A standby's next open is not even signalled (forkmon armed
+            // it so); a child forked at the resume's command is.
+            SOURCE_NEXT.store(!standby, Ordering::Relaxed);
             return;
         }
         // Marked, so the eBPF program does not signal this open. (An

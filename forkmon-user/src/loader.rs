@@ -168,6 +168,14 @@ impl Probes {
             .map_err(|e| LoadError::Map("ARMED", Box::new(e)))
     }
 
+    /// Arms `pid` but lets its next candidate open pass unsignalled (see
+    /// [`armed::SKIP_NEXT_OPEN`]).
+    pub fn arm_skipping_next_open(&mut self, pid: u32) -> Result<(), LoadError> {
+        self.armed
+            .insert(pid, armed::SKIP_NEXT_OPEN, 0)
+            .map_err(|e| LoadError::Map("ARMED", Box::new(e)))
+    }
+
     /// The kernel no longer signals `pid` (its stub cannot answer).
     pub fn disarm(&mut self, pid: u32) {
         let _ = self.armed.remove(&pid);

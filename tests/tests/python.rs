@@ -137,6 +137,39 @@ fn output_before_a_checkpoint_is_printed_once() {
     }
 }
 
+/// A program that handles SIGCHLD (asyncio, a server reaping workers)
+/// learns of no child forkmon made: not of the checkpoint's children (their
+/// exits reach the checkpoint, which would note them for every child it
+/// forks later), nor of one forked for nothing at the import of a cached
+/// module's source after a resume.
+#[test]
+fn a_resumed_program_handles_no_sigchld_of_forkmons_children() {
+    if !bpf_available("a_resumed_program_handles_no_sigchld_of_forkmons_children") {
+        return;
+    }
+    let dir = scratch();
+    let d = dir.path();
+    project_with_caches(d, &[], None);
+    let main = format!(
+        "import signal\n\
+         signal.signal(signal.SIGCHLD, lambda *_: print('SIGCHLD', flush=True))\n{MAIN}"
+    );
+    fs::write(d.join("main.py"), main).unwrap();
+    let forkmon = Forkmon::start_with(d, &[], &["python3", "main.py"], |cmd| {
+        as_users_run_it(cmd);
+    });
+    forkmon.wait_stdout("value: one", 1);
+    forkmon.wait_stderr("waiting for changes", 1);
+    for (k, value) in ["two", "three"].into_iter().enumerate() {
+        save(&d.join("mod.py"), &format!("VALUE = '{value}'\n"));
+        forkmon.wait_stdout(&format!("value: {value}"), 1);
+        forkmon.wait_stderr("waiting for changes", k + 2);
+    }
+    let out = forkmon.stdout();
+    assert_eq!(out.matches("start-up").count(), 1, "{out}");
+    assert!(!out.contains("SIGCHLD"), "{out}");
+}
+
 /// The README's Python example, as a user runs it: caches from an earlier
 /// run, the default filter, an editor's save.
 #[test]

@@ -123,6 +123,10 @@ impl System for LiveSystem {
         Ok(self.probes.arm(pid as u32)?)
     }
 
+    fn arm_skipping_next_open(&mut self, pid: i32) -> anyhow::Result<()> {
+        Ok(self.probes.arm_skipping_next_open(pid as u32)?)
+    }
+
     fn arm_next_child(&mut self, pid: i32) -> anyhow::Result<()> {
         Ok(self.probes.arm_next_child(pid as u32)?)
     }

@@ -81,6 +81,9 @@ pub trait System: Kernel {
     // The eBPF program's maps.
     /// The kernel may signal `pid` at candidate opens.
     fn arm(&mut self, pid: i32) -> anyhow::Result<()>;
+    /// …but not at its next candidate open: a resumed child of a bytecode
+    /// cache's checkpoint, whose next open is the cache's source.
+    fn arm_skipping_next_open(&mut self, pid: i32) -> anyhow::Result<()>;
     /// …and the next process `pid` forks, before it runs.
     fn arm_next_child(&mut self, pid: i32) -> anyhow::Result<()>;
     /// Takes that back if `pid` is still armed.
@@ -260,6 +263,9 @@ struct Checkpoint<G> {
     unannounced: bool,
     /// How many threads it had at the open.
     threads: usize,
+    /// It was made at a bytecode cache's open, which its children but the
+    /// first see fail: they open the source next.
+    cache: bool,
     /// Its command name, for the lines that name it.
     comm: String,
     /// The start-up a resume from it skips: from the program's launch to
@@ -622,6 +628,7 @@ impl<S: System> Supervisor<S> {
                 Fork::Alone => 1,
                 Fork::WithHandlers(threads) => threads,
             },
+            cache,
             skipped: self.run_clock.1 + self.run_clock.0.elapsed(),
             comm: candidate.reader.comm.clone(),
         });
@@ -946,11 +953,15 @@ impl<S: System> Supervisor<S> {
             // Its fork kept it: it has one thread now.
             self.report.watch(&checkpoint.file);
         }
-        let (policy, parent_pid, parent_group) =
-            (checkpoint.policy, checkpoint.pid, checkpoint.group);
+        let (policy, parent_pid, parent_group, cache) = (
+            checkpoint.policy,
+            checkpoint.pid,
+            checkpoint.group,
+            checkpoint.cache,
+        );
         if start == Start::Go {
             self.system.give(policy, pid);
-            self.system.arm(pid)?;
+            arm_resumed(&mut self.system, pid, cache)?;
         }
         if start != Start::Running {
             self.system.before_go(pid);
@@ -1196,7 +1207,7 @@ impl<S: System> Supervisor<S> {
                 *group = None;
             }
         }
-        let (policy, next) = (checkpoint.policy, checkpoint.next);
+        let (policy, next, cache) = (checkpoint.policy, checkpoint.next, checkpoint.cache);
         self.program = Program::Stopped(stop);
         if due == Due::Now && stop.running.is_none() && stop.below.is_none() {
             return Ok(());
@@ -1208,7 +1219,7 @@ impl<S: System> Supervisor<S> {
             return Ok(());
         }
         self.system.give(policy, standby);
-        self.system.arm(standby)?;
+        arm_resumed(&mut self.system, standby, cache)?;
         let budget = (EVALUATION_LEAD + STANDBY_SPIN_MARGIN).as_micros() as u64;
         self.system.send(standby, stub::spin_command(budget))?;
         stop.prime = Prime::Spinning(standby);
@@ -1358,4 +1369,15 @@ fn descends_from(alive_parent: &impl Fn(i32) -> Option<i32>, mut pid: i32, ances
         pid = parent;
     }
     false
+}
+
+/// Arms a standby about to run the program from its checkpoint. One of a
+/// bytecode cache's checkpoint is not signalled at its next open: the
+/// cache's source, which has its checkpoint (the cache's) already.
+fn arm_resumed<S: System>(system: &mut S, standby: i32, cache: bool) -> anyhow::Result<()> {
+    if cache {
+        system.arm_skipping_next_open(standby)
+    } else {
+        system.arm(standby)
+    }
 }

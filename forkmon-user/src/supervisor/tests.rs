@@ -25,6 +25,7 @@ enum Did {
     Sent(i32, u64),
     Armed(i32),
     ArmedNextChild(i32),
+    ArmedSkippingNextOpen(i32),
     KeptNextChildUnarmed(i32),
     Disarmed(i32),
     NewGroup { group: u32, parent: u32 },
@@ -131,6 +132,11 @@ impl System for FakeSystem {
 
     fn arm(&mut self, pid: i32) -> anyhow::Result<()> {
         self.did.push(Did::Armed(pid));
+        Ok(())
+    }
+
+    fn arm_skipping_next_open(&mut self, pid: i32) -> anyhow::Result<()> {
+        self.did.push(Did::ArmedSkippingNextOpen(pid));
         Ok(())
     }
 
@@ -1020,6 +1026,22 @@ fn a_bytecode_cache_is_a_checkpoint_at_its_source() {
         s.sent_to_last(101),
         stub::checkpoint_command(open_syscall::OPENAT, false)
     );
+}
+
+#[test]
+fn a_bytecode_caches_standby_is_not_signalled_at_its_next_open_the_source() {
+    let mut s = supervisor();
+    s.system.files.insert("/w/mod.py".into());
+    s.opens(TARGET, "__pycache__/mod.cpython-311.pyc");
+    s.forks(TARGET, 101, false);
+    s.exited(TARGET, 101, 0);
+    s.forks(TARGET, 102, true);
+    s.take_did();
+    s.changed("mod.py");
+    let did = s.take_did();
+    assert!(did.contains(&Did::ArmedSkippingNextOpen(102)), "{did:?}");
+    assert!(!did.contains(&Did::Armed(102)), "{did:?}");
+    assert!(did.contains(&Did::Sent(102, CMD_GO)), "{did:?}");
 }
 
 /// `parent` starts `child`, a subprocess: in its group, never armed.
