@@ -569,17 +569,40 @@ impl EarlyChild {
     }
 
     /// Not a checkpoint after all: kill it and reap it before the program
-    /// goes on, so the program never sees it in a `wait()`. Its SIGCHLD
-    /// still reaches the program, as a spurious one.
+    /// goes on, so the program never sees it in a `wait()`, nor its
+    /// SIGCHLD: blocked meanwhile, and taken back unless one was pending
+    /// already. A child of the program's that ended meanwhile shares that
+    /// one signal, so it is sent again then.
     unsafe fn discard(self) {
-        // SAFETY: raw syscalls on our own child and fds.
+        // SAFETY: raw syscalls on our own child, fds and signal sets.
         unsafe {
+            let mut sigchld: libc::sigset_t = zeroed();
+            libc::sigemptyset(&mut sigchld);
+            libc::sigaddset(&mut sigchld, libc::SIGCHLD);
+            let mut mask: libc::sigset_t = zeroed();
+            libc::sigprocmask(libc::SIG_BLOCK, &sigchld, &mut mask);
+            let mut pending: libc::sigset_t = zeroed();
+            libc::sigpending(&mut pending);
+            let was_pending = libc::sigismember(&pending, libc::SIGCHLD) == 1;
             libc::kill(self.pid, libc::SIGKILL);
             let mut status = 0;
             while libc::waitpid(self.pid, &mut status, 0) < 0
                 && *libc::__errno_location() == libc::EINTR
             {}
             libc::close(self.eventfd);
+            if !was_pending {
+                let now = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                libc::sigtimedwait(&sigchld, ptr::null_mut(), &now);
+                let mut ended: libc::siginfo_t = zeroed();
+                let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+                if libc::waitid(libc::P_ALL, 0, &mut ended, flags) == 0 && ended.si_pid() != 0 {
+                    libc::kill(libc::getpid(), libc::SIGCHLD);
+                }
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &mask, ptr::null_mut());
         }
     }
 }
