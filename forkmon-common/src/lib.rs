@@ -112,8 +112,8 @@ pub mod stub;
 
 mod prefilter;
 pub use prefilter::{
-    PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES, PREFILTER_PREFIX_LEN, PREFILTER_SUFFIX_LEN,
-    PrefilterConfig,
+    PREFILTER_EXCLUDED_LEN, PREFILTER_MAX_EXCLUDED, PREFILTER_MAX_PREFIXES, PREFILTER_MAX_SUFFIXES,
+    PREFILTER_PREFIX_LEN, PREFILTER_SUFFIX_LEN, PrefilterConfig, fnv1a,
 };
 
 /// One completed `open`, `openat` or `openat2` of a traced process.

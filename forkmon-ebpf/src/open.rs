@@ -208,8 +208,10 @@ fn emit(pid_tgid: u64, call: &OpenCall, ret: i64) {
         (*record).path_state = state;
         // Only a submitted record tells forkmon a stub is waiting, so the
         // signal is sent only once the record is certain to arrive.
-        let candidate =
-            may_match && call.syscall != open_syscall::STAT && is_checkpointable(call.flags);
+        let candidate = may_match
+            && call.syscall != open_syscall::STAT
+            && is_checkpointable(call.flags)
+            && !PREFILTER.get(0).is_some_and(|config| config.excludes(path));
         match armed(tgid) {
             Some(armed::SKIP_NEXT_OPEN) if candidate => {
                 let _ = ARMED.insert(tgid, armed::ARMED, 0);

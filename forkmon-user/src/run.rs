@@ -53,10 +53,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut probes = Probes::load()?;
     // The supervisor acts only on the files the tree reads that may match:
     // it watches them, and answers the opens the kernel stopped.
-    probes.set_prefilter(&PrefilterConfig {
+    let prefilter = PrefilterConfig {
         reads_only: 1,
         ..filter.prefilter().config()
-    })?;
+    };
+    probes.set_prefilter(&prefilter)?;
     let user = TargetUser::from_sudo_env()?;
     if let Some(user) = &user {
         crate::credentials::set_program_user(user)
@@ -147,7 +148,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             .map(std::path::PathBuf::from),
         restart_only: args.restart,
     };
-    let system = LiveSystem::new(probes, session, watcher, stub_socket);
+    let system = LiveSystem::new(probes, session, watcher, stub_socket, prefilter);
     let mut supervisor = Supervisor::new(system, options, target.pid.as_raw(), root);
 
     if keys.is_some() {

@@ -176,19 +176,29 @@ fn top_dir(path: &Path) -> Option<&OsStr> {
 /// — and the first it goes through is not named in `named` (a glob's
 /// text).
 pub fn in_environment(path: &Path, named: &str) -> bool {
+    // Once the glob names one, what lies below is what it means.
+    environment_dir(path).is_some_and(|dir| {
+        let name = dir.file_name().unwrap_or_default();
+        !named.contains(&*name.to_string_lossy())
+    })
+}
+
+/// The first environment directory `path` goes through (see
+/// [`in_environment`]), as a path: `path`'s own start up to it.
+fn environment_dir(path: &Path) -> Option<PathBuf> {
     let mut parent: Option<&OsStr> = None;
+    let mut dir = PathBuf::new();
     for component in path.parent().into_iter().flat_map(Path::components) {
         let name = component.as_os_str();
+        dir.push(component);
         let stdlib = name.as_bytes().starts_with(b"python")
             && parent.is_some_and(|p| p == "lib" || p == "lib64");
-        let environment = stdlib || ENVIRONMENT_DIRS.iter().any(|dir| name == *dir);
-        if environment {
-            // Once the glob names one, what lies below is what it means.
-            return !named.contains(&*name.to_string_lossy());
+        if stdlib || ENVIRONMENT_DIRS.iter().any(|env| name == *env) {
+            return Some(dir);
         }
         parent = Some(name);
     }
-    false
+    None
 }
 
 /// The user's choice of files to checkpoint at.
@@ -269,6 +279,56 @@ impl Filter {
                     || glob.names_a_file()
                     || !self.ignored.ignores(abs_path))
         }) || self.lua.iter().any(|pattern| lua_matches(pattern, bytes))
+    }
+
+    /// A directory holding `abs_path` (absolute, lexically cleaned) under
+    /// which this filter matches nothing: the first environment directory
+    /// on its path that no glob names, or a system directory (`/usr`) from
+    /// outside it. `None` when no such directory is certain: Lua patterns
+    /// and absolute globs mean what they say anywhere, `__pycache__` holds
+    /// caches that stand for their sources, and a `..` needs the file
+    /// system. The kernel's prefilter then signals no open under it.
+    pub fn unmatched_dir(&self, abs_path: &Path) -> Option<PathBuf> {
+        if !self.lua.is_empty()
+            || self
+                .includes
+                .iter()
+                .any(|glob| glob.scope == Scope::Absolute)
+            || abs_path.components().any(|c| c == Component::ParentDir)
+        {
+            return None;
+        }
+        let (dir, environment) = match environment_dir(abs_path) {
+            Some(dir) => (dir, true),
+            None if is_system_file(abs_path, &self.base) => {
+                (Path::new("/").join(top_dir(abs_path)?), false)
+            }
+            None => return None,
+        };
+        let name = dir.file_name()?.to_string_lossy();
+        if name == "__pycache__" || self.base.starts_with(&dir) {
+            return None;
+        }
+        if dir.starts_with(&self.base) {
+            // The default filter and relative globs see the path from the
+            // base: they skip the environment if they see the same one
+            // there (`lib/python3.11` is none from a base `…/lib`) and do
+            // not name it; relative globs never skip a system directory
+            // (forkmon run from `/`).
+            let below = abs_path.strip_prefix(&self.base).ok()?;
+            let seen_from_base =
+                environment && environment_dir(below).is_some_and(|d| self.base.join(d) == dir);
+            if environment && !seen_from_base && self.is_default() {
+                return None;
+            }
+            let relative_may_match = |glob: &PathGlob| {
+                glob.scope == Scope::Relative && (!seen_from_base || glob.text.contains(&*name))
+            };
+            if self.includes.iter().any(relative_may_match) {
+                return None;
+            }
+        }
+        Some(dir)
     }
 
     /// Whether the project's `.gitignore`/`.ignore` files leave `abs_path`
@@ -616,7 +676,7 @@ fn minimal(mut all: Vec<Vec<u8>>, implied_by: impl Fn(&[u8], &[u8]) -> bool) -> 
 
 #[cfg(test)]
 mod tests {
-    use forkmon_common::PATH_MAX;
+    use forkmon_common::{PATH_MAX, PREFILTER_EXCLUDED_LEN};
 
     use super::*;
 
@@ -862,6 +922,43 @@ mod tests {
         prefilter.config().may_match(&buffer, passed.len() as u32)
     }
 
+    /// Whether the kernel would leave the open of `passed` unsignalled with
+    /// `dirs` excluded (each a directory, without its final `/`), in the
+    /// same buffer as [`may_match`].
+    fn excluded(dirs: &[&Path], passed: &[u8]) -> bool {
+        const STALE: &[u8] = b"/./x.lua/";
+        let mut config = PrefilterConfig::NONE;
+        for dir in dirs {
+            let mut prefix = dir.as_os_str().as_bytes().to_vec();
+            prefix.push(b'/');
+            config.exclude(&prefix);
+        }
+        let mut buffer: [u8; PATH_MAX] = std::array::from_fn(|i| STALE[i % STALE.len()]);
+        buffer[..passed.len()].copy_from_slice(passed);
+        buffer[passed.len()] = 0;
+        config.excludes(&buffer)
+    }
+
+    #[test]
+    fn excluded_directories_are_whole_components_of_canonical_paths() {
+        let venv = [Path::new("/home/u/p/.venv")];
+        assert!(excluded(&venv, b"/home/u/p/.venv/lib/x.py"));
+        assert!(excluded(&venv, b"/home/u/p/.venv/x"));
+        assert!(!excluded(&venv, b"/home/u/p/.venvx/x"));
+        assert!(!excluded(&venv, b"/home/u/p/.venv"));
+        assert!(!excluded(&venv, b"/home/u/p/.venv/../main.py"), "dot-dot");
+        assert!(!excluded(&venv, b"/home/u/p/.venv/./x"), "dot");
+        assert!(!excluded(&venv, b"/home/u/p//.venv/x"), "doubled slash");
+        assert!(!excluded(&venv, b".venv/x"), "relative");
+        assert!(!excluded(&[], b"/home/u/p/.venv/x"));
+        let both = [Path::new("/usr"), Path::new("/home/u/p/.venv")];
+        assert!(excluded(&both, b"/usr/lib/x.so"));
+        assert!(excluded(&both, b"/home/u/p/.venv/x"));
+        let long = format!("/{}", "d".repeat(PREFILTER_EXCLUDED_LEN));
+        let mut config = PrefilterConfig::NONE;
+        assert!(!config.exclude(format!("{long}/").as_bytes()), "too long");
+    }
+
     fn only(suffixes: &[&str], prefixes: &[&str]) -> Prefilter {
         let bytes = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
         Prefilter {
@@ -869,6 +966,47 @@ mod tests {
             suffixes: bytes(suffixes),
             prefixes: bytes(prefixes),
         }
+    }
+
+    #[test]
+    fn unmatched_directories_are_environments_and_systems_no_glob_names() {
+        let venv = "/home/u/p/.venv/lib/python3.11/site-packages/requests/api.py";
+        let stdlib = "/root/.pyenv/versions/3.11.7/lib/python3.11/json/decoder.py";
+        let dir =
+            |globs: &[&str], lua, path: &str| filter(globs, lua).unmatched_dir(Path::new(path));
+        assert_eq!(dir(&[], None, venv), Some("/home/u/p/.venv".into()));
+        assert_eq!(
+            dir(&["*.py"], None, stdlib),
+            Some("/root/.pyenv/versions/3.11.7/lib/python3.11".into())
+        );
+        assert_eq!(
+            dir(&["*.so"], None, "/usr/lib/x86_64-linux-gnu/libm.so"),
+            Some("/usr".into())
+        );
+        assert_eq!(
+            dir(&["src/*.py"], None, venv),
+            Some("/home/u/p/.venv".into())
+        );
+        // What a glob names, or may name, is never skipped.
+        assert_eq!(dir(&[".venv/**/*.py"], None, venv), None);
+        assert_eq!(dir(&["/home/**/*.py"], None, venv), None);
+        assert_eq!(dir(&[], Some("%.py$"), venv), None);
+        // A cache without its source is no sign for the other caches.
+        assert_eq!(
+            dir(&[], None, "/home/u/p/__pycache__/gone.cpython-311.pyc"),
+            None
+        );
+        assert_eq!(dir(&[], None, "/home/u/p/src/../.venv/x.py"), None);
+        assert_eq!(dir(&[], None, "/home/u/p/src/main.py"), None);
+        // From `/`, a relative glob reaches into /usr.
+        let from_root = Filter::new(&["**/*.py".into()], None, Path::new("/")).unwrap();
+        assert_eq!(from_root.unmatched_dir(Path::new("/usr/share/x.py")), None);
+        let default_from_lib = Filter::new(&[], None, Path::new("/opt/lib")).unwrap();
+        assert_eq!(
+            default_from_lib.unmatched_dir(Path::new("/opt/lib/python3.11/x.py")),
+            None,
+            "no standard library seen from the base"
+        );
     }
 
     #[test]
@@ -1100,7 +1238,22 @@ mod tests {
         use super::*;
 
         const BASES: &[&str] = &["/home/u/p", "/p", "/"];
-        const DIRS: &[&str] = &["a", "b", "p", "u", "src", "home", "lua", "x.lua"];
+        const DIRS: &[&str] = &[
+            "a",
+            "b",
+            "p",
+            "u",
+            "src",
+            "home",
+            "lua",
+            "x.lua",
+            ".venv",
+            "site-packages",
+            "lib",
+            "python3.11",
+            "usr",
+            "__pycache__",
+        ];
         const FILES: &[&str] = &[
             "a.lua", "x.lua", "aa.lua", ".lua", "main.lua", "b.rs", "main.rs", "x.c", "lua", "a",
             "src",
@@ -1124,6 +1277,9 @@ mod tests {
             "lua",
             "*.{lua,rs}",
             "main.rs",
+            ".venv",
+            "site-packages",
+            "usr",
         ];
         const EXTS: &[&str] = &["lua", "rs", "c"];
         const NAMES: &[&str] = &["a", "x", "main", "/a", "/x", "src/main", "p/a", "u/p/x"];
@@ -1205,7 +1361,7 @@ mod tests {
         fn lua_escape(text: &str) -> String {
             text.chars()
                 .flat_map(|c| match c {
-                    'a'..='z' | '/' => vec![c],
+                    'a'..='z' | '0'..='9' | '/' => vec![c],
                     _ => vec!['%', c],
                 })
                 .collect()
@@ -1263,7 +1419,8 @@ mod tests {
                 })
         }
 
-        fn judge(case: &Case) -> (bool, Prefilter) {
+        /// The case's filter, and the absolute path of what it opens.
+        fn filter_of(case: &Case) -> (Filter, PathBuf) {
             let base = Path::new(&case.base);
             let filter = Filter::new(
                 &case.globs,
@@ -1271,7 +1428,11 @@ mod tests {
                 base,
             )
             .unwrap();
-            let abs = absolute_lexical(base, Path::new(&case.passed));
+            (filter, absolute_lexical(base, Path::new(&case.passed)))
+        }
+
+        fn judge(case: &Case) -> (bool, Prefilter) {
+            let (filter, abs) = filter_of(case);
             (filter.matches(&abs), filter.prefilter())
         }
 
@@ -1281,6 +1442,29 @@ mod tests {
                 max_shrink_iters: 4096,
                 ..ProptestConfig::default()
             })]
+
+            /// The kernel is told to skip what lies under an unmatched
+            /// directory: no file there may match.
+            #[test]
+            fn an_unmatched_directory_holds_no_match(
+                (case, other) in case().prop_flat_map(|case| {
+                    let base = *BASES.iter().find(|b| **b == case.base).unwrap();
+                    (Just(case), passed(base))
+                })
+            ) {
+                let (filter, abs) = filter_of(&case);
+                let refused = absolute_lexical(Path::new(&case.base), Path::new(&other));
+                if let Some(dir) = filter.unmatched_dir(&refused) {
+                    prop_assert!(!filter.matches(&refused), "{refused:?} in {dir:?}");
+                    if abs.starts_with(&dir) {
+                        prop_assert!(!filter.matches(&abs), "{case:?}: {abs:?} in {dir:?}");
+                    }
+                    // What the kernel then skips, from the path as passed.
+                    if excluded(&[&dir], case.passed.as_bytes()) {
+                        prop_assert!(!filter.matches(&abs), "{case:?}: skipped in {dir:?}");
+                    }
+                }
+            }
 
             #[test]
             fn prefilter_never_rejects_a_match(case in case()) {

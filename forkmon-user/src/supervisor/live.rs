@@ -5,7 +5,7 @@ use std::{
     fs,
     os::{
         fd::{AsRawFd as _, OwnedFd},
-        unix::fs::MetadataExt as _,
+        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
     path::Path,
     sync::Arc,
@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use forkmon_common::PrefilterConfig;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -43,6 +44,8 @@ pub struct LiveSystem {
     stub_socket: (i32, u64),
     /// Made at the first standby warmed.
     precopier: Option<Precopier>,
+    /// What the kernel's prefilter was last given.
+    prefilter: PrefilterConfig,
 }
 
 impl LiveSystem {
@@ -51,6 +54,7 @@ impl LiveSystem {
         session: Session,
         watcher: Watcher,
         stub_socket: (i32, u64),
+        prefilter: PrefilterConfig,
     ) -> LiveSystem {
         LiveSystem {
             probes,
@@ -59,6 +63,7 @@ impl LiveSystem {
             eventfds: HashMap::new(),
             stub_socket,
             precopier: None,
+            prefilter,
         }
     }
 }
@@ -137,6 +142,19 @@ impl System for LiveSystem {
 
     fn disarm(&mut self, pid: i32) {
         self.probes.disarm(pid as u32);
+    }
+
+    fn skip_in_prefilter(&mut self, dir: &Path) {
+        let mut prefix = dir.as_os_str().as_bytes().to_vec();
+        prefix.push(b'/');
+        if !self.prefilter.exclude(&prefix) {
+            log::debug!("no room in the prefilter to skip {}", dir.display());
+            return;
+        }
+        match self.probes.set_prefilter(&self.prefilter) {
+            Ok(()) => log::debug!("the prefilter skips {}", dir.display()),
+            Err(e) => log::debug!("cannot make the prefilter skip {}: {e}", dir.display()),
+        }
     }
 
     fn new_group(&mut self, parent: GroupId) -> anyhow::Result<GroupId> {

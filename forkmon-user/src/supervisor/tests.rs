@@ -26,6 +26,7 @@ enum Did {
     Armed(i32),
     ArmedNextChild(i32),
     ArmedSkippingNextOpen(i32),
+    Skipped(PathBuf),
     KeptNextChildUnarmed(i32),
     Disarmed(i32),
     NewGroup { group: u32, parent: u32 },
@@ -152,6 +153,10 @@ impl System for FakeSystem {
 
     fn disarm(&mut self, pid: i32) {
         self.did.push(Did::Disarmed(pid));
+    }
+
+    fn skip_in_prefilter(&mut self, dir: &Path) {
+        self.did.push(Did::Skipped(dir.to_owned()));
     }
 
     fn new_group(&mut self, parent: u32) -> anyhow::Result<u32> {
@@ -1042,6 +1047,27 @@ fn a_bytecode_caches_standby_is_not_signalled_at_its_next_open_the_source() {
     assert!(did.contains(&Did::ArmedSkippingNextOpen(102)), "{did:?}");
     assert!(!did.contains(&Did::Armed(102)), "{did:?}");
     assert!(did.contains(&Did::Sent(102, CMD_GO)), "{did:?}");
+}
+
+#[test]
+fn an_environment_the_filter_refuses_is_skipped_by_the_kernel_once() {
+    let mut s = supervisor();
+    // The default: files under /w, but not its virtual environment's.
+    s.filter = Filter::new(&[], None, Path::new("/w")).unwrap();
+    s.take_did();
+    s.opens(TARGET, ".venv/lib/python3.11/site-packages/dep/a.py");
+    s.opens(TARGET, ".venv/lib/python3.11/site-packages/dep/b.py");
+    let did = s.take_did();
+    let skipped: Vec<_> = did
+        .iter()
+        .filter(|d| matches!(d, Did::Skipped(_)))
+        .collect();
+    assert_eq!(skipped, [&Did::Skipped("/w/.venv".into())], "{did:?}");
+    assert_eq!(did.last(), Some(&Did::Sent(TARGET, CMD_GO)), "let go");
+    // A file of the user's is a checkpoint, and skips nothing.
+    s.opens(TARGET, "a.txt");
+    assert!(!s.take_did().iter().any(|d| matches!(d, Did::Skipped(_))));
+    assert_eq!(s.chain.len(), 1);
 }
 
 /// `parent` starts `child`, a subprocess: in its group, never armed.
