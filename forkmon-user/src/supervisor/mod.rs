@@ -1090,6 +1090,10 @@ impl<S: System> Supervisor<S> {
             }
             WatchEvent::Imminent => self.prime_resume(Due::Soon),
             WatchEvent::Changed(files) => {
+                // The burst ends here. A file touched but found unchanged (a
+                // second event for a save already resumed from) names no
+                // change: the line names one that changed.
+                let touched = self.trigger.take();
                 if let Some(restart) = self.restart_for(&files) {
                     self.restart = Some(restart);
                     return Ok(());
@@ -1098,13 +1102,15 @@ impl<S: System> Supervisor<S> {
                     Program::Stopped(stop) => Some(stop.at),
                     _ => None,
                 };
-                match self.earliest_of(&files).into_iter().chain(stopped).min() {
-                    Some(index) => {
-                        self.note_trigger(&files, index);
-                        self.resume_from(index)
-                    }
-                    None => Ok(()),
-                }
+                let Some(index) = self.earliest_of(&files).into_iter().chain(stopped).min() else {
+                    return Ok(());
+                };
+                self.trigger = touched.filter(|file| files.is_empty() || files.contains(file));
+                self.note_trigger(&files, index);
+                let resumed = self.resume_from(index);
+                // Said already if the resume was primed before.
+                self.trigger = None;
+                resumed
             }
         }
     }

@@ -1070,6 +1070,33 @@ fn an_environment_the_filter_refuses_is_skipped_by_the_kernel_once() {
     assert_eq!(s.chain.len(), 1);
 }
 
+#[test]
+fn the_line_names_a_file_that_changed_not_one_only_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let mut s = supervisor();
+    let journal = crate::journal::Journal::open(&events).unwrap();
+    s.report = Reporter::new(true, false).journaling(Some(journal));
+    s.opens(TARGET, "a.txt");
+    s.forks(TARGET, 101, false);
+    s.opens(101, "b.txt");
+    s.forks(101, 102, false);
+    // b.txt touched (another event of a save resumed from already), then
+    // the burst finds a.txt changed.
+    s.on_watch_event(WatchEvent::Touched(vec!["/w/b.txt".into()]))
+        .unwrap();
+    s.on_watch_event(WatchEvent::Changed(vec!["/w/a.txt".into()]))
+        .unwrap();
+    let journal = std::fs::read_to_string(&events).unwrap();
+    let change = journal
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|event| event["event"] == "change")
+        .expect("a change line");
+    assert_eq!(change["file"], "/w/a.txt", "{journal}");
+    assert_eq!(change["checkpoint"], "/w/a.txt", "{journal}");
+}
+
 /// `parent` starts `child`, a subprocess: in its group, never armed.
 fn spawns(s: &mut Supervisor<FakeSystem>, parent: i32, child: i32) {
     s.system.alive.insert(child, parent);
