@@ -851,8 +851,12 @@ impl<S: System> Supervisor<S> {
         self.system.connect(pid, eventfd, theirs);
         self.registered.insert(pid);
         // Forked by the stub before the checkpoint's start-up was read, it
-        // may be in it: it is no start-up of the program's.
-        self.chain[index].startup.retain(|&p| p != pid);
+        // may be in it: it is no start-up of the program's, and what its
+        // subprocesses read meanwhile is the checkpoint's.
+        if self.chain[index].startup.contains(&pid) {
+            self.chain[index].startup.retain(|&p| p != pid);
+            self.reads_below_child(index, pid);
+        }
         let stale = matches!(self.chain[index].next, Next::Forking { stale: true });
         self.chain[index].next = Next::Nothing;
         let starting = self.program == Program::Starting { at: index };

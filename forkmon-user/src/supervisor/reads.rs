@@ -42,6 +42,12 @@ pub(super) struct ReadFile {
     pub(super) resume_at: Option<usize>,
     /// Why no checkpoint serves it, for the restart's line.
     pub(super) why: String,
+    /// Read below a process counted as the start-up of a checkpoint later
+    /// than `resume_at`'s: (that checkpoint's pid, the process). A child
+    /// the stub forked early is in the group when the start-up is read,
+    /// and known as the checkpoint's own only once it registers, which may
+    /// come after its subprocesses' reads (`make`'s `cat` of a source).
+    pub(super) below_startup: Option<(i32, i32)>,
 }
 
 /// A restart from scratch that a change asked for: carried out by the
@@ -120,7 +126,15 @@ impl<S: System> Supervisor<S> {
             None if Some(pid) == self.running_pid() => format!("read by {}", reader.comm),
             None => format!("read by {}, pid {pid}, a subprocess", reader.comm),
         };
-        let read = ReadFile { resume_at, why };
+        let below_startup = self
+            .startup_between(pid, &reader.ancestors)
+            .filter(|&(index, ..)| !self.restart_only && resume_at.is_none_or(|at| index > at))
+            .map(|(_, checkpoint, through)| (checkpoint, through));
+        let read = ReadFile {
+            resume_at,
+            why,
+            below_startup,
+        };
         match self.read.get_mut(path) {
             // The earliest reader decides: None (a restart) first; the
             // reason a checkpoint was refused tells more than a look.
@@ -164,6 +178,40 @@ impl<S: System> Supervisor<S> {
                 let through = *lineage.get(at.checked_sub(1)?)?;
                 (!checkpoint.startup.contains(&through)).then_some(index)
             })
+    }
+
+    /// The latest checkpoint that `pid` descends from through a process of
+    /// its start-up: (its index, its pid, that process).
+    fn startup_between(&self, pid: i32, ancestors: &[i32]) -> Option<(usize, i32, i32)> {
+        let lineage: Vec<i32> = std::iter::once(pid)
+            .chain(ancestors.iter().copied())
+            .collect();
+        self.chain
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(index, checkpoint)| {
+                let at = lineage.iter().position(|&p| p == checkpoint.pid)?;
+                let through = *lineage.get(at.checked_sub(1)?)?;
+                checkpoint
+                    .startup
+                    .contains(&through)
+                    .then_some((index, checkpoint.pid, through))
+            })
+    }
+
+    /// `child`, counted in checkpoint `index`'s start-up, registered as its
+    /// own child: what was read below it resumes from that checkpoint.
+    pub(super) fn reads_below_child(&mut self, index: usize, child: i32) {
+        let checkpoint = self.chain[index].pid;
+        for read in self.read.values_mut() {
+            if read.below_startup == Some((checkpoint, child)) {
+                read.below_startup = None;
+                if read.resume_at.is_none_or(|at| at < index) {
+                    read.resume_at = Some(index);
+                }
+            }
+        }
     }
 
     /// The restart `files` ask for, if one of them is read where no

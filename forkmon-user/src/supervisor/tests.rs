@@ -1173,6 +1173,27 @@ fn a_file_read_by_a_subprocess_below_a_checkpoint_resumes_from_it() {
     assert_eq!(s.read[Path::new("/w/data")].resume_at, Some(0));
 }
 
+/// The stub forks early, in parallel with the verdict: its child is in
+/// the group when the start-up is read, and `make` runs `cat` in it before
+/// forkmon has the child's registration.
+#[test]
+fn a_read_below_an_early_child_registered_late_resumes_from_its_checkpoint() {
+    let mut s = supervisor();
+    spawns(&mut s, TARGET, 101); // forked early, not registered yet
+    s.opens(TARGET, "Makefile");
+    spawns(&mut s, 101, 201);
+    s.reads(201, "input.txt");
+    assert_eq!(s.read[Path::new("/w/input.txt")].resume_at, None);
+    s.forks(TARGET, 101, false);
+    assert_eq!(s.read[Path::new("/w/input.txt")].resume_at, Some(0));
+    s.changed("input.txt");
+    assert_eq!(
+        s.take_restart(),
+        None,
+        "resumed from the Makefile's checkpoint"
+    );
+}
+
 #[test]
 fn a_file_read_by_a_start_up_server_restarts_the_program() {
     let mut s = supervisor();

@@ -209,9 +209,9 @@ fn shared_pages(pid: i32) -> std::io::Result<Vec<usize>> {
         // Private and writable, anonymous or the brk heap: what the
         // program's allocator hands out. Not the stack (the stub runs on
         // it), not the kernel's ([vvar], [vdso]). In a file mapping (the
-        // `.data` of the interpreter and its libraries: ~100 faults of a
-        // Python resume), only the pages the program has written, its own
-        // copies: a page still the file's would freeze the file's content
+        // `.data` of the interpreter and its libraries: ~20 write faults
+        // of a traced Python resume), only the pages the program wrote, its
+        // own copies: a page still the file's would freeze the file's content
         // if copied. Not the stub's own (in a memfd), which it writes
         // while it waits.
         let file = path.starts_with('/') && !path.starts_with("/memfd:");
