@@ -160,44 +160,40 @@ impl<S: System> Supervisor<S> {
         self.read.insert(path.to_path_buf(), read);
     }
 
-    /// The latest checkpoint that `pid` (with these ancestors, nearest
-    /// first) runs below: one whose fork leads to it, other than the
-    /// start-up the checkpoint was made with. A resume from there runs it
-    /// again.
-    pub(super) fn region_of(&self, pid: i32, ancestors: &[i32]) -> Option<usize> {
-        let lineage: Vec<i32> = std::iter::once(pid)
-            .chain(ancestors.iter().copied())
-            .collect();
+    /// The checkpoints `pid` (with these ancestors, nearest first) descends
+    /// from, the latest first, each with its child on the way down to
+    /// `pid`.
+    fn descents<'a>(
+        &'a self,
+        pid: i32,
+        ancestors: &'a [i32],
+    ) -> impl Iterator<Item = (usize, i32)> + 'a {
+        let lineage = move || std::iter::once(pid).chain(ancestors.iter().copied());
         self.chain
             .iter()
             .enumerate()
             .rev()
-            .find_map(|(index, checkpoint)| {
-                let at = lineage.iter().position(|&p| p == checkpoint.pid)?;
-                // Its child on the way down to `pid`.
-                let through = *lineage.get(at.checked_sub(1)?)?;
-                (!checkpoint.startup.contains(&through)).then_some(index)
+            .filter_map(move |(index, checkpoint)| {
+                let at = lineage().position(|p| p == checkpoint.pid)?;
+                Some((index, lineage().nth(at.checked_sub(1)?)?))
             })
+    }
+
+    /// The latest checkpoint that `pid` runs below: one whose fork leads to
+    /// it, other than the start-up the checkpoint was made with. A resume
+    /// from there runs it again.
+    pub(super) fn region_of(&self, pid: i32, ancestors: &[i32]) -> Option<usize> {
+        self.descents(pid, ancestors)
+            .find(|&(index, through)| !self.chain[index].startup.contains(&through))
+            .map(|(index, _)| index)
     }
 
     /// The latest checkpoint that `pid` descends from through a process of
     /// its start-up: (its index, its pid, that process).
     fn startup_between(&self, pid: i32, ancestors: &[i32]) -> Option<(usize, i32, i32)> {
-        let lineage: Vec<i32> = std::iter::once(pid)
-            .chain(ancestors.iter().copied())
-            .collect();
-        self.chain
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(index, checkpoint)| {
-                let at = lineage.iter().position(|&p| p == checkpoint.pid)?;
-                let through = *lineage.get(at.checked_sub(1)?)?;
-                checkpoint
-                    .startup
-                    .contains(&through)
-                    .then_some((index, checkpoint.pid, through))
-            })
+        self.descents(pid, ancestors)
+            .find(|&(index, through)| self.chain[index].startup.contains(&through))
+            .map(|(index, through)| (index, self.chain[index].pid, through))
     }
 
     /// `child`, counted in checkpoint `index`'s start-up, registered as its
